@@ -32,6 +32,8 @@ class SyntheticConfig:
     num_items: int = 2000
     num_users: int = 3000
     latent_dim: int = 16
+    num_clusters: int = 20
+    """Item clusters (genres): users prefer a few, and the next cluster depends on the last item's."""
     text_dim: int = 32
     image_dim: int = 48
     num_attributes: int = 64
@@ -66,7 +68,11 @@ class DataConfig:
     min_user_items: int = 5
     min_item_users: int = 5
     """k-core thresholds for generic interaction files."""
+    feature_dtype: Literal["float32", "float16"] = "float32"
+    """Storage dtype of dense item features in the shards."""
     items_per_shard: int = 100_000
+    item_block_size: int = 4096
+    """Items per WebDataset sample in the item shards (one sample = a block of consecutive ids)."""
     users_per_shard: int = 50_000
     shuffle_buffer: int = 1000
     num_workers: int = 0
@@ -81,6 +87,8 @@ class ModelConfig:
     max_len: int = 50
     dropout: float = 0.2
     use_id_embedding: bool = True
+    ffn_mult: int = 1
+    """Feed-forward (and expert) inner width = ffn_mult * hidden; SASRec uses 1."""
 
 
 @dataclass
@@ -90,6 +98,10 @@ class MoEConfig:
     num_experts: int = 4
     top_k: int = 2
     capacity_factor: float = 1.25
+    eval_capacity_factor: float = 2.0
+    """Capacity factor in eval mode (DeepSpeed's `eval_capacity_factor`)."""
+    min_capacity: int = 4
+    """Lower bound on the per-expert capacity (DeepSpeed's `min_capacity`)."""
     drop_tokens: bool = False
     noisy_gating: bool = False
     aux_weight: float = 0.01
@@ -131,6 +143,8 @@ class AlignConfig:
     sampling: Literal["uniform", "softmax"] = "uniform"
     temperature: float = 1.0
     ce_weight: float = 0.0
+    contexts_per_user: int = 1
+    """Training contexts per user: its last N (history prefix, next item) pairs."""
     label_smoothing: float = 0.0
     epochs: int = 3
     batch_size: int = 256
@@ -268,31 +282,49 @@ def _check_ranges(cfg: Config, problems: list[str]) -> None:
 
     positive_ints = {
         "model.hidden": cfg.model.hidden, "model.layers": cfg.model.layers, "model.heads": cfg.model.heads,
-        "model.max_len": cfg.model.max_len, "moe.num_experts": cfg.moe.num_experts, "moe.ep_size": cfg.moe.ep_size,
+        "model.max_len": cfg.model.max_len, "model.ffn_mult": cfg.model.ffn_mult,
+        "moe.num_experts": cfg.moe.num_experts, "moe.ep_size": cfg.moe.ep_size,
         "pretrain.epochs": cfg.pretrain.epochs, "pretrain.batch_size": cfg.pretrain.batch_size,
         "pretrain.grad_accum": cfg.pretrain.grad_accum, "pretrain.item_chunk": cfg.pretrain.item_chunk,
         "pretrain.num_sampled": cfg.pretrain.num_sampled, "align.epochs": cfg.align.epochs,
         "align.batch_size": cfg.align.batch_size, "align.num_negatives": cfg.align.num_negatives,
-        "align.grad_accum": cfg.align.grad_accum, "pool.k": cfg.pool.k, "pool.refresh_steps": cfg.pool.refresh_steps,
+        "align.grad_accum": cfg.align.grad_accum,
+        "align.contexts_per_user": cfg.align.contexts_per_user, "pool.k": cfg.pool.k, "pool.refresh_steps": cfg.pool.refresh_steps,
         "eval.batch_size": cfg.eval.batch_size, "eval.item_chunk": cfg.eval.item_chunk,
         "data.items_per_shard": cfg.data.items_per_shard, "data.users_per_shard": cfg.data.users_per_shard,
         "data.min_user_items": cfg.data.min_user_items, "data.min_item_users": cfg.data.min_item_users,
         "data.synthetic.num_items": cfg.data.synthetic.num_items, "data.synthetic.num_users": cfg.data.synthetic.num_users,
-        "data.synthetic.latent_dim": cfg.data.synthetic.latent_dim, "runtime.log_every": cfg.runtime.log_every,
+        "data.synthetic.latent_dim": cfg.data.synthetic.latent_dim,
+        "data.synthetic.num_clusters": cfg.data.synthetic.num_clusters,
+        "data.synthetic.text_dim": cfg.data.synthetic.text_dim, "data.synthetic.image_dim": cfg.data.synthetic.image_dim,
+        "data.synthetic.num_attributes": cfg.data.synthetic.num_attributes,
+        "data.synthetic.attributes_per_item": cfg.data.synthetic.attributes_per_item,
+        "data.item_block_size": cfg.data.item_block_size, "runtime.log_every": cfg.runtime.log_every,
         "runtime.checkpoint_every": cfg.runtime.checkpoint_every, "runtime.keep_checkpoints": cfg.runtime.keep_checkpoints,
     }
     for name, value in positive_ints.items():
         need(value >= 1, f"{name}: must be >= 1, got {value}")
     for name, value in {"pretrain.lr": cfg.pretrain.lr, "align.lr": cfg.align.lr, "align.beta": cfg.align.beta,
                         "align.temperature": cfg.align.temperature,
-                        "moe.capacity_factor": cfg.moe.capacity_factor}.items():
+                        "moe.capacity_factor": cfg.moe.capacity_factor,
+                        "moe.eval_capacity_factor": cfg.moe.eval_capacity_factor}.items():
         need(value > 0, f"{name}: must be > 0, got {value}")
     for name, value in {"model.dropout": cfg.model.dropout, "align.label_smoothing": cfg.align.label_smoothing}.items():
         need(0.0 <= value < 1.0, f"{name}: must be in [0, 1), got {value}")
     for name, value in {"data.synthetic.exposure": cfg.data.synthetic.exposure,
                         "data.synthetic.relevant_share": cfg.data.synthetic.relevant_share}.items():
         need(0.0 < value <= 1.0, f"{name}: must be in (0, 1], got {value}")
+    syn = cfg.data.synthetic
+    need(syn.min_seq_len >= 3, f"data.synthetic.min_seq_len: must be >= 3 (leave-one-out), got {syn.min_seq_len}")
+    need(syn.max_seq_len >= syn.min_seq_len,
+         f"data.synthetic.max_seq_len ({syn.max_seq_len}) must be >= data.synthetic.min_seq_len ({syn.min_seq_len})")
+    need(syn.num_items >= 2 * syn.max_seq_len,
+         f"data.synthetic.num_items ({syn.num_items}) must be >= 2 * data.synthetic.max_seq_len ({syn.max_seq_len})")
+    need(syn.temperature > 0, f"data.synthetic.temperature: must be > 0, got {syn.temperature}")
+    need(0.0 <= syn.drift <= 1.0, f"data.synthetic.drift: must be in [0, 1], got {syn.drift}")
+    need(syn.feature_noise >= 0, f"data.synthetic.feature_noise: must be >= 0, got {syn.feature_noise}")
     for name, value in {"align.ce_weight": cfg.align.ce_weight, "moe.aux_weight": cfg.moe.aux_weight,
+                        "moe.min_capacity": cfg.moe.min_capacity,
                         "pretrain.weight_decay": cfg.pretrain.weight_decay, "align.weight_decay": cfg.align.weight_decay,
                         "pretrain.grad_clip": cfg.pretrain.grad_clip, "align.grad_clip": cfg.align.grad_clip}.items():
         need(value >= 0, f"{name}: must be >= 0, got {value}")
@@ -350,7 +382,7 @@ def _apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load a YAML config (or the defaults), apply `key.sub=value` overrides and validate it all."""
     raw: dict[str, Any] = {}
-    source = "defaults"
+    source = "defaults + overrides"
     if path is not None:
         source = str(path)
         p = Path(path)

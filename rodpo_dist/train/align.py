@@ -1,0 +1,195 @@
+"""Alignment recipe: DPO / RoDPO from a pretrained checkpoint (the frozen reference policy).
+
+Reads top to bottom: data, policy and frozen reference (its item table cached once), training
+contexts and the candidate pool, optimizer and resume, then the loop: refresh the pool on
+schedule, pick negatives with the configured strategy, DPO / S-DPO loss (+ optional next-item CE
+and the MoE aux loss), log the alignment metrics, validate, keep the best checkpoint by
+validation, and finally evaluate it on test.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rodpo_dist.config import Config, save_config
+from rodpo_dist.data import GroundTruth, load_split
+from rodpo_dist.eval.evaluate import Contexts, evaluate, write_report
+from rodpo_dist.model import optimizer_param_groups
+from rodpo_dist.train.checkpoint import TrainState, load_checkpoint, load_weights, resolve_resume, save_checkpoint
+from rodpo_dist.train.losses import chunked_cross_entropy
+from rodpo_dist.train.negatives import select_negatives
+from rodpo_dist.train.optim import build_scheduler
+from rodpo_dist.train.pool import CandidatePool
+from rodpo_dist.train.run_log import RunLog
+from rodpo_dist.train.runtime import Runtime, seed_everything
+from rodpo_dist.train.setup import load_dataset, make_model
+from rodpo_kernels import dpo_loss
+
+
+def training_contexts(dataset_dir: Path, per_user: int) -> Contexts:
+    """The last `per_user` (history prefix, next item) pairs of every training sequence."""
+    users, seqs, _ = load_split(dataset_dir, "train")
+    ctx_users, histories, targets = [], [], []
+    for user, seq in zip(users, seqs):
+        for cut in range(len(seq) - 1, max(0, len(seq) - 1 - per_user), -1):
+            ctx_users.append(user)
+            histories.append(seq[:cut])
+            targets.append(seq[cut])
+    return Contexts(np.asarray(ctx_users), histories, np.asarray(targets))
+
+
+def _variant(strategy: str, m: int) -> str:
+    return "sdpo" if strategy == "sdpo" else ("pairwise" if m == 1 else "mean")
+
+
+def align(cfg: Config, resume: str | None = None) -> dict[str, dict[str, float]]:
+    """Align the policy; returns {"valid": ..., "test": ...} metrics of the best checkpoint."""
+    a, rt = cfg.align, Runtime.create(cfg.runtime.device)
+    if not cfg.init:
+        raise ValueError("align needs a pretrained checkpoint: pass --init PATH (or set `init:` in the config)")
+    run_dir = Path(cfg.runtime.run_dir) / f"align-{a.strategy}"
+    seed_everything(cfg.runtime.seed)
+
+    data = load_dataset(cfg)
+    policy = make_model(cfg, data, rt.device)
+    load_weights(cfg.init, policy)
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    ref_table = reference.item_encoder.item_table(cfg.eval.item_chunk)  # frozen: computed once
+    truth = GroundTruth.load(data.dir) if GroundTruth.exists(data.dir) else None
+
+    contexts = training_contexts(data.dir, a.contexts_per_user)
+    pool = CandidatePool(contexts, cfg.pool.k) if a.strategy != "random" else None
+    num_items = data.manifest.num_items
+    variant = _variant(a.strategy, a.num_negatives)
+
+    optimizer = torch.optim.AdamW(optimizer_param_groups(policy, a.weight_decay), lr=a.lr)
+    per_rank = math.ceil(len(contexts) / rt.world_size)
+    steps_per_epoch = math.ceil(per_rank / (a.batch_size * a.grad_accum))
+    scheduler = build_scheduler(optimizer, a.warmup_steps, steps_per_epoch * a.epochs, "cosine")
+    sampler = torch.Generator().manual_seed(cfg.runtime.seed)
+
+    state = TrainState()
+    start = resolve_resume(run_dir, resume)
+    if start is not None:
+        state, trainer = load_checkpoint(start, policy)
+        optimizer.load_state_dict(trainer["optimizer"])
+        scheduler.load_state_dict(trainer["scheduler"])
+        sampler.set_state(trainer["sampler"])
+        if pool is not None and "pool_ids" in trainer:
+            pool.ids, pool.scores = trainer["pool_ids"], trainer["pool_scores"]
+            pool.refreshed_at = state.extra["pool_refreshed_at"]
+    log = RunLog(run_dir, rt.is_main, cfg.runtime.progress)
+    if rt.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+
+    def checkpoint(name: str | None = None) -> None:
+        if rt.is_main:
+            trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                       "sampler": sampler.get_state()}
+            if pool is not None and pool.refreshed_at is not None:
+                trainer |= {"pool_ids": pool.ids, "pool_scores": pool.scores}
+                state.extra["pool_refreshed_at"] = pool.refreshed_at
+            save_checkpoint(run_dir, state, policy, trainer, keep=cfg.runtime.keep_checkpoints, name=name)
+        rt.barrier()
+
+    def validate() -> dict[str, float]:
+        table = policy.item_encoder.item_table(cfg.eval.item_chunk)
+        return evaluate(policy, table, data.valid, ks=cfg.eval.ks, max_len=cfg.model.max_len,
+                        batch_size=cfg.eval.batch_size, device=rt.device)
+
+    def refresh_pool() -> None:
+        source = policy if cfg.pool.source == "policy" else reference
+        table = ref_table if source is reference else policy.item_encoder.item_table(cfg.eval.item_chunk)
+        stats = pool.refresh(source, table, step=state.step, max_len=cfg.model.max_len,
+                             batch_size=cfg.eval.batch_size, device=rt.device)
+        log.log(state.step, {"pool_refresh_s": stats.seconds, "pool_mb": stats.size_mb,
+                             "peak_rss_mb": stats.peak_rss_mb}, kind="pool")
+
+    def micro_step(index: torch.Tensor, weight: float) -> dict[str, float]:
+        seq, exclude, pos = contexts.batch(index.tolist(), cfg.model.max_len, exclude_target=True)
+        seq, pos = seq.to(rt.device), pos.to(rt.device)
+        out = policy(seq)
+        h = out.hidden[:, -1]
+        with torch.no_grad():
+            h_ref = reference.user_state(seq)
+        pool_ids, pool_scores = pool.rows(index) if pool is not None else (None, None)
+        neg = select_negatives(a.strategy, pool_ids=pool_ids, pool_scores=pool_scores, exclude=exclude,
+                               num_items=num_items, m=a.num_negatives, sampling=a.sampling,
+                               temperature=a.temperature, generator=sampler).to(rt.device)
+        ids = torch.cat([pos[:, None], neg], dim=1)
+        unique, inverse = ids.unique(return_inverse=True)
+        ref_scores = (h_ref[:, None, :] * ref_table[ids]).sum(-1)
+        dpo = dpo_loss(h, None, policy.item_encoder(unique), inverse[:, 0], inverse[:, 1:], a.beta,
+                       ref_scores=(ref_scores[:, 0], ref_scores[:, 1:]), variant=variant,
+                       label_smoothing=a.label_smoothing)
+        loss = dpo.loss + cfg.moe.aux_weight * out.aux_loss
+        stats = {"loss": dpo.loss.item(), "margin": dpo.margins.mean().item(),
+                 "accuracy": dpo.accuracy.float().mean().item(),
+                 "chosen_reward": dpo.chosen_rewards.mean().item(),
+                 "rejected_reward": dpo.rejected_rewards.mean().item()}
+        if a.ce_weight > 0:
+            ce = chunked_cross_entropy(h, pos, policy.item_encoder(torch.arange(num_items + 1, device=rt.device)), cfg.pretrain.item_chunk)
+            loss = loss + a.ce_weight * ce
+            stats["ce"] = ce.item()
+        (loss * weight).backward()
+        if truth is not None:
+            stats["false_negative_rate"] = float(truth.is_relevant(contexts.users[index.numpy()], neg.cpu().numpy()).mean())
+        return stats
+
+    policy.train()
+    if state.step == 0 and rt.is_main:
+        log.log(0, {"epoch": 0, **validate()}, kind="valid")
+    while state.epoch < a.epochs:
+        order = torch.randperm(len(contexts), generator=torch.Generator().manual_seed(cfg.runtime.seed * 7919 + state.epoch))
+        shard = order[rt.rank::rt.world_size]
+        groups = shard.split(a.batch_size * a.grad_accum)
+        log.bar(steps_per_epoch, state.batch_in_epoch, f"align[{a.strategy}] epoch {state.epoch + 1}/{a.epochs}")
+        for group in islice(groups, state.batch_in_epoch, None):
+            if pool is not None and (pool.due(state.step, cfg.pool.refresh_steps)
+                                     or (cfg.pool.refresh_each_epoch and state.batch_in_epoch == 0)):
+                refresh_pool()
+            rows = [micro_step(idx, len(idx) / len(group)) for idx in group.split(a.batch_size)]
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), a.grad_clip or float("inf"))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.batch_in_epoch += 1
+            stats = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+            stats |= {"grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
+            log.advance({"loss": stats["loss"], "acc": stats["accuracy"]})
+            if state.step % cfg.runtime.log_every == 0:
+                log.log(state.step, stats)
+            if a.eval_every_steps and state.step % a.eval_every_steps == 0:
+                _track_best(state, validate(), cfg, log, checkpoint)
+            if state.step % cfg.runtime.checkpoint_every == 0:
+                checkpoint()
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        _track_best(state, validate(), cfg, log, checkpoint)
+        checkpoint()
+    log.close_bar()
+
+    load_weights(run_dir / "best", policy)
+    table = policy.item_encoder.item_table(cfg.eval.item_chunk)
+    results = {split: evaluate(policy, table, ctx, ks=cfg.eval.ks, max_len=cfg.model.max_len,
+                               batch_size=cfg.eval.batch_size, device=rt.device)
+               for split, ctx in (("valid", data.valid), ("test", data.test))}
+    if rt.is_main:
+        log.log(state.step, {f"{s}/{k}": v for s, m in results.items() for k, v in m.items()}, kind="final")
+        write_report(run_dir / "report", {f"{a.strategy} ({s})": m for s, m in results.items()}, cfg.eval.ks)
+    log.close()
+    return results
+
+
+def _track_best(state: TrainState, metrics: dict[str, float], cfg: Config, log: RunLog, checkpoint) -> None:
+    log.log(state.step, {"epoch": state.epoch, **metrics}, kind="valid")
+    if metrics[cfg.eval.metric] > state.best_metric:
+        state.best_metric, state.best_step = metrics[cfg.eval.metric], state.step
+        checkpoint(name="best")

@@ -1,0 +1,129 @@
+"""Pretraining recipe: next-item cross-entropy over the whole catalog -> the reference policy.
+
+Reads top to bottom: data and model, optimizer and schedule, resume, the epoch loop (gradient
+accumulation over micro-batches, periodic checkpoints, validation with early stopping on
+`eval.metric`), then the test evaluation of the best checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from itertools import islice
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from rodpo_dist.config import Config, save_config
+from rodpo_dist.data import sequence_loader
+from rodpo_dist.eval.evaluate import evaluate, write_report
+from rodpo_dist.model import optimizer_param_groups
+from rodpo_dist.train.checkpoint import TrainState, load_checkpoint, load_weights, resolve_resume, save_checkpoint
+from rodpo_dist.train.losses import next_item_loss
+from rodpo_dist.train.optim import build_scheduler
+from rodpo_dist.train.run_log import RunLog
+from rodpo_dist.train.runtime import Runtime, seed_everything
+from rodpo_dist.train.setup import load_dataset, make_model
+
+
+def _groups(batches: Iterator[dict], size: int) -> Iterator[list[dict]]:
+    """Micro-batches grouped into optimizer steps (the last group may be short)."""
+    while group := list(islice(batches, size)):
+        yield group
+
+
+def pretrain(cfg: Config, resume: str | None = None) -> dict[str, dict[str, float]]:
+    """Train the backbone; returns {"valid": ..., "test": ...} metrics of the best checkpoint."""
+    p, rt = cfg.pretrain, Runtime.create(cfg.runtime.device)
+    run_dir = Path(cfg.runtime.run_dir) / "pretrain"
+    seed_everything(cfg.runtime.seed)
+
+    data = load_dataset(cfg)
+    model = make_model(cfg, data, rt.device)
+    optimizer = torch.optim.AdamW(optimizer_param_groups(model, p.weight_decay), lr=p.lr)
+    per_rank = math.ceil(data.manifest.num_users / rt.world_size)
+    steps_per_epoch = math.ceil(per_rank / (p.batch_size * p.grad_accum))
+    scheduler = build_scheduler(optimizer, p.warmup_steps, steps_per_epoch * p.epochs, p.decay)
+
+    state = TrainState()
+    start = resolve_resume(run_dir, resume)
+    if start is not None:
+        state, trainer = load_checkpoint(start, model)
+        optimizer.load_state_dict(trainer["optimizer"])
+        scheduler.load_state_dict(trainer["scheduler"])
+    log = RunLog(run_dir, rt.is_main, cfg.runtime.progress)
+    if rt.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+        if start is not None:
+            log.log(state.step, {"resumed_from": str(start)}, kind="event")
+
+    def checkpoint(name: str | None = None) -> None:
+        if rt.is_main:
+            trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            save_checkpoint(run_dir, state, model, trainer, keep=cfg.runtime.keep_checkpoints, name=name)
+        rt.barrier()
+
+    def validate() -> dict[str, float]:
+        table = model.item_encoder.item_table(cfg.eval.item_chunk)
+        return evaluate(model, table, data.valid, ks=cfg.eval.ks, max_len=cfg.model.max_len,
+                        batch_size=cfg.eval.batch_size, device=rt.device)
+
+    autocast = torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=p.bf16)
+    model.train()
+    while state.epoch < p.epochs and state.bad_evals < p.patience:
+        loader = sequence_loader(data.dir, "train", p.batch_size, cfg.model.max_len + 1, shuffle=True,
+                                 shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.runtime.seed,
+                                 epoch=state.epoch, num_workers=cfg.data.num_workers,
+                                 rank=rt.rank, world_size=rt.world_size)
+        groups = _groups(iter(loader), p.grad_accum)
+        log.bar(steps_per_epoch, state.batch_in_epoch, f"pretrain epoch {state.epoch + 1}/{p.epochs}")
+        tic, seen = time.perf_counter(), 0
+        for group in islice(groups, state.batch_in_epoch, None):
+            seqs = [b["seq"].to(rt.device) for b in group]
+            tokens = rt.sum(sum((s[:, 1:] > 0).sum() for s in seqs).float())
+            total_loss = total_aux = 0.0
+            for seq in seqs:
+                with autocast:
+                    ce_sum, aux = next_item_loss(model, seq, cfg)
+                loss = (ce_sum / tokens + cfg.moe.aux_weight * aux / len(seqs)) * rt.world_size
+                loss.backward()
+                total_loss += ce_sum.item() / tokens.item() * rt.world_size
+                total_aux += float(aux) / len(seqs)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip or float("inf"))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.batch_in_epoch += 1
+            seen += sum(len(s) for s in seqs)
+            stats = {"loss": total_loss, "aux": total_aux, "grad_norm": float(grad_norm),
+                     "lr": scheduler.get_last_lr()[0], "seq_per_s": seen * rt.world_size / (time.perf_counter() - tic)}
+            log.advance({"loss": total_loss, "seq/s": stats["seq_per_s"]})
+            if state.step % cfg.runtime.log_every == 0:
+                log.log(state.step, stats)
+            if state.step % cfg.runtime.checkpoint_every == 0:
+                checkpoint()
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        if state.epoch % p.eval_every_epochs == 0 or state.epoch == p.epochs:
+            metrics = validate()
+            log.log(state.step, {"epoch": state.epoch, **metrics}, kind="valid")
+            if metrics[cfg.eval.metric] > state.best_metric:
+                state.best_metric, state.best_step, state.bad_evals = metrics[cfg.eval.metric], state.step, 0
+                checkpoint(name="best")
+            else:
+                state.bad_evals += 1
+        checkpoint()
+    log.close_bar()
+
+    load_weights(run_dir / "best", model)
+    table = model.item_encoder.item_table(cfg.eval.item_chunk)
+    results = {split: evaluate(model, table, contexts, ks=cfg.eval.ks, max_len=cfg.model.max_len,
+                               batch_size=cfg.eval.batch_size, device=rt.device)
+               for split, contexts in (("valid", data.valid), ("test", data.test))}
+    if rt.is_main:
+        log.log(state.step, {f"{s}/{k}": v for s, m in results.items() for k, v in m.items()}, kind="final")
+        write_report(run_dir / "report", {f"backbone ({s})": m for s, m in results.items()}, cfg.eval.ks)
+    log.close()
+    return results

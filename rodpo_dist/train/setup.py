@@ -1,0 +1,38 @@
+"""What both training recipes start from: the prepared dataset and the model built for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rodpo_dist.config import Config
+from rodpo_dist.data import Manifest, load_item_features, load_manifest, load_split
+from rodpo_dist.eval.evaluate import Contexts
+from rodpo_dist.model import SASRec, build_model
+
+
+@dataclass
+class Dataset:
+    dir: Path
+    manifest: Manifest
+    features: dict[str, torch.Tensor]
+    valid: Contexts
+    test: Contexts
+
+
+def load_dataset(cfg: Config) -> Dataset:
+    """Open the prepared dataset named by `data.prepared_dir` (see `rodpo data prepare`)."""
+    root = Path(cfg.data.prepared_dir)
+    if not (root / "manifest.json").is_file():
+        raise FileNotFoundError(f"data.prepared_dir: no prepared dataset at {root} (manifest.json missing); "
+                                f"run `rodpo data prepare --config <your config>` first")
+    manifest = load_manifest(root)
+    features = load_item_features(root, cfg.data.modalities)
+    valid, test = (Contexts(*load_split(root, split)) for split in ("valid", "test"))
+    return Dataset(root, manifest, features, valid, test)
+
+
+def make_model(cfg: Config, data: Dataset, device: torch.device) -> SASRec:
+    return build_model(cfg, data.manifest, data.features).to(device)

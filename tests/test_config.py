@@ -1,0 +1,64 @@
+import pytest
+
+from rodpo_dist.config import ConfigError, load_config
+
+
+def test_defaults_are_valid():
+    cfg = load_config()
+    assert cfg.model.hidden == 64 and cfg.align.strategy == "rodpo"
+
+
+def test_overrides_are_parsed_as_yaml(tmp_path):
+    cfg = load_config(None, ["model.hidden=32", "data.modalities=[text]", "align.beta=0.5", "moe.enabled=true"])
+    assert cfg.model.hidden == 32 and cfg.data.modalities == ["text"] and cfg.align.beta == 0.5 and cfg.moe.enabled
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["model.hiden=3", "model.layers=x", "align.strategy=rodp", "pretrain.lr=-1",
+                           "data.modalities=[text,imag]", "moe.enabled=true", "moe.top_k=3",
+                           "init=/nonexistent/ckpt", "eval.metric=ndcg10"])
+    text = str(err.value)
+    assert "8 problem(s)" in text
+    assert "model.hiden: unknown key (did you mean model.hidden?)" in text
+    assert "model.layers: expected int, got str 'x'" in text
+    assert "align.strategy: 'rodp' is not one of 'random', 'hard', 'rodpo', 'sdpo' (did you mean 'rodpo'?)" in text
+    assert "pretrain.lr: must be > 0, got -1.0" in text
+    assert "data.modalities[1]: unknown modality 'imag' (did you mean 'image'?)" in text
+    assert "moe.top_k: must be 1 or 2, got 3" in text
+    assert "init: checkpoint /nonexistent/ckpt does not exist" in text
+    assert "eval.metric: expected hr@K, ndcg@K or mrr@K, got 'ndcg10'" in text
+
+
+def test_cross_field_rules():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["model.hidden=30", "model.heads=4", "moe.enabled=true", "moe.ep_size=2",
+                           "data.source=s3rec"])
+    text = str(err.value)
+    assert "model.hidden (30) must be divisible by model.heads (4)" in text
+    assert "moe.ep_size > 1 needs moe.backend: deepspeed" in text
+    assert "data.path: required for data.source='s3rec'" in text
+    assert "data.name: required for data.source='s3rec'" in text
+
+
+def test_yaml_file_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    section = tmp_path / "section.yaml"
+    section.write_text("model: 3\n")
+    with pytest.raises(ConfigError, match="model: expected a section"):
+        load_config(section)
+
+
+def test_shipped_configs_load_and_open_with_their_command():
+    from pathlib import Path
+
+    for path in sorted(Path("configs").glob("*.yaml")):
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# Run: "), f"{path} must open with the command that runs it"
+        if "amazon" not in path.read_text() or Path("../shared/data/amazon").is_dir():
+            load_config(path)
