@@ -318,8 +318,9 @@ def _check_ranges(cfg: Config, problems: list[str]) -> None:
     need(syn.min_seq_len >= 3, f"data.synthetic.min_seq_len: must be >= 3 (leave-one-out), got {syn.min_seq_len}")
     need(syn.max_seq_len >= syn.min_seq_len,
          f"data.synthetic.max_seq_len ({syn.max_seq_len}) must be >= data.synthetic.min_seq_len ({syn.min_seq_len})")
-    need(syn.num_items >= 2 * syn.max_seq_len,
-         f"data.synthetic.num_items ({syn.num_items}) must be >= 2 * data.synthetic.max_seq_len ({syn.max_seq_len})")
+    need(syn.num_items * syn.exposure >= 2 * syn.max_seq_len,
+         f"data.synthetic: each user sees num_items * exposure = {syn.num_items * syn.exposure:g} items; "
+         f"need >= 2 * max_seq_len = {2 * syn.max_seq_len}")
     need(syn.temperature > 0, f"data.synthetic.temperature: must be > 0, got {syn.temperature}")
     need(0.0 <= syn.drift <= 1.0, f"data.synthetic.drift: must be in [0, 1], got {syn.drift}")
     need(syn.feature_noise >= 0, f"data.synthetic.feature_noise: must be >= 0, got {syn.feature_noise}")

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from rodpo_dist.data import SplitData
 from rodpo_dist.eval.metrics import metric_sums, target_ranks
 from rodpo_kernels import topk_scores
 
@@ -25,6 +26,11 @@ class Contexts:
     users: np.ndarray
     histories: list[np.ndarray]
     targets: np.ndarray
+
+    @classmethod
+    def from_split(cls, split: SplitData) -> Contexts:
+        """Validation/test contexts: each user's history and held-out target."""
+        return cls(split.users, split.sequences, split.targets)
 
     def __len__(self) -> int:
         return len(self.users)

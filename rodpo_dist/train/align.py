@@ -19,6 +19,7 @@ import torch
 
 from rodpo_dist.config import Config, save_config
 from rodpo_dist.data import GroundTruth, load_split
+from rodpo_dist.data.synthetic import TRUTH_FILE
 from rodpo_dist.eval.evaluate import Contexts, evaluate, write_report
 from rodpo_dist.model import optimizer_param_groups
 from rodpo_dist.train.checkpoint import TrainState, load_checkpoint, load_weights, resolve_resume, save_checkpoint
@@ -26,6 +27,7 @@ from rodpo_dist.train.losses import chunked_cross_entropy
 from rodpo_dist.train.negatives import select_negatives
 from rodpo_dist.train.optim import build_scheduler
 from rodpo_dist.train.pool import CandidatePool
+from rodpo_dist.train.selection import track_best
 from rodpo_dist.train.run_log import RunLog
 from rodpo_dist.train.runtime import Runtime, seed_everything
 from rodpo_dist.train.setup import load_dataset, make_model
@@ -34,9 +36,9 @@ from rodpo_kernels import dpo_loss
 
 def training_contexts(dataset_dir: Path, per_user: int) -> Contexts:
     """The last `per_user` (history prefix, next item) pairs of every training sequence."""
-    users, seqs, _ = load_split(dataset_dir, "train")
+    split = load_split(dataset_dir, "train")
     ctx_users, histories, targets = [], [], []
-    for user, seq in zip(users, seqs):
+    for user, seq in zip(split.users, split.sequences):
         for cut in range(len(seq) - 1, max(0, len(seq) - 1 - per_user), -1):
             ctx_users.append(user)
             histories.append(seq[:cut])
@@ -61,7 +63,7 @@ def align(cfg: Config, resume: str | None = None) -> dict[str, dict[str, float]]
     load_weights(cfg.init, policy)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     ref_table = reference.item_encoder.item_table(cfg.eval.item_chunk)  # frozen: computed once
-    truth = GroundTruth.load(data.dir) if GroundTruth.exists(data.dir) else None
+    truth = GroundTruth.load(data.dir) if (data.dir / TRUTH_FILE).is_file() else None
 
     contexts = training_contexts(data.dir, a.contexts_per_user)
     pool = CandidatePool(contexts, cfg.pool.k) if a.strategy != "random" else None
@@ -134,7 +136,7 @@ def align(cfg: Config, resume: str | None = None) -> dict[str, dict[str, float]]
                  "chosen_reward": dpo.chosen_rewards.mean().item(),
                  "rejected_reward": dpo.rejected_rewards.mean().item()}
         if a.ce_weight > 0:
-            ce = chunked_cross_entropy(h, pos, policy.item_encoder(torch.arange(num_items + 1, device=rt.device)), cfg.pretrain.item_chunk)
+            ce = chunked_cross_entropy(h, pos, policy.item_encoder, cfg.pretrain.item_chunk, num_items)
             loss = loss + a.ce_weight * ce
             stats["ce"] = ce.item()
         (loss * weight).backward()
@@ -167,12 +169,12 @@ def align(cfg: Config, resume: str | None = None) -> dict[str, dict[str, float]]
             if state.step % cfg.runtime.log_every == 0:
                 log.log(state.step, stats)
             if a.eval_every_steps and state.step % a.eval_every_steps == 0:
-                _track_best(state, validate(), cfg, log, checkpoint)
+                track_best(state, validate(), cfg.eval.metric, log, checkpoint)
             if state.step % cfg.runtime.checkpoint_every == 0:
                 checkpoint()
         state.epoch += 1
         state.batch_in_epoch = 0
-        _track_best(state, validate(), cfg, log, checkpoint)
+        track_best(state, validate(), cfg.eval.metric, log, checkpoint)
         checkpoint()
     log.close_bar()
 
@@ -187,9 +189,3 @@ def align(cfg: Config, resume: str | None = None) -> dict[str, dict[str, float]]
     log.close()
     return results
 
-
-def _track_best(state: TrainState, metrics: dict[str, float], cfg: Config, log: RunLog, checkpoint) -> None:
-    log.log(state.step, {"epoch": state.epoch, **metrics}, kind="valid")
-    if metrics[cfg.eval.metric] > state.best_metric:
-        state.best_metric, state.best_step = metrics[cfg.eval.metric], state.step
-        checkpoint(name="best")

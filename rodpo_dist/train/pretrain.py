@@ -23,6 +23,7 @@ from rodpo_dist.train.checkpoint import TrainState, load_checkpoint, load_weight
 from rodpo_dist.train.losses import next_item_loss
 from rodpo_dist.train.optim import build_scheduler
 from rodpo_dist.train.run_log import RunLog
+from rodpo_dist.train.selection import track_best
 from rodpo_dist.train.runtime import Runtime, seed_everything
 from rodpo_dist.train.setup import load_dataset, make_model
 
@@ -81,7 +82,7 @@ def pretrain(cfg: Config, resume: str | None = None) -> dict[str, dict[str, floa
         tic, seen = time.perf_counter(), 0
         for group in islice(groups, state.batch_in_epoch, None):
             seqs = [b["seq"].to(rt.device) for b in group]
-            tokens = rt.sum(sum((s[:, 1:] > 0).sum() for s in seqs).float())
+            tokens = rt.sum(sum(((s[:, :-1] > 0) & (s[:, 1:] > 0)).sum() for s in seqs).float())
             total_loss = total_aux = 0.0
             for seq in seqs:
                 with autocast:
@@ -107,13 +108,8 @@ def pretrain(cfg: Config, resume: str | None = None) -> dict[str, dict[str, floa
         state.epoch += 1
         state.batch_in_epoch = 0
         if state.epoch % p.eval_every_epochs == 0 or state.epoch == p.epochs:
-            metrics = validate()
-            log.log(state.step, {"epoch": state.epoch, **metrics}, kind="valid")
-            if metrics[cfg.eval.metric] > state.best_metric:
-                state.best_metric, state.best_step, state.bad_evals = metrics[cfg.eval.metric], state.step, 0
-                checkpoint(name="best")
-            else:
-                state.bad_evals += 1
+            improved = track_best(state, validate(), cfg.eval.metric, log, checkpoint)
+            state.bad_evals = 0 if improved else state.bad_evals + 1
         checkpoint()
     log.close_bar()
 

@@ -30,9 +30,10 @@ def load_dataset(cfg: Config) -> Dataset:
                                 f"run `rodpo data prepare --config <your config>` first")
     manifest = load_manifest(root)
     features = load_item_features(root, cfg.data.modalities)
-    valid, test = (Contexts(*load_split(root, split)) for split in ("valid", "test"))
+    valid, test = (Contexts.from_split(load_split(root, split)) for split in ("valid", "test"))
     return Dataset(root, manifest, features, valid, test)
 
 
 def make_model(cfg: Config, data: Dataset, device: torch.device) -> SASRec:
-    return build_model(cfg, data.manifest, data.features).to(device)
+    modalities = {m: data.manifest.modalities[m] for m in data.features}
+    return build_model(cfg, modalities, data.features, data.manifest.num_items).to(device)

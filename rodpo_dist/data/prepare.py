@@ -1,0 +1,195 @@
+"""`prepare`: a data source -> WebDataset shards + manifest, atomically; `stats`: a summary table.
+
+Folder layout: `{train,valid,test}-NNNNNN.tar` (one sample per user: `seq.npy` int32, `meta.json`
+`{"user", "target"}`), `items-NNNNNN.tar` (one sample per block of consecutive item ids: `ids.npy`
+int64 and one `<modality>.npy` per modality), optional `truth.npz` (synthetic ground truth) and
+`id_maps.json` (raw ids of users/items 1..U / 1..N), and `manifest.json`, written last.
+The folder is built beside the target under a hidden temporary name and renamed into place only
+when complete, so a failed run leaves nothing that looks like a prepared dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from rodpo_dist.config import DataConfig
+from rodpo_dist.data.errors import DataError
+from rodpo_dist.data.features import Modality, as_dtype, bags, dense_from_npy, text_modality
+from rodpo_dist.data.manifest import ITEMS, MANIFEST_FILE, Manifest, ShardInfo, load_manifest
+from rodpo_dist.data.shards import json_bytes, npy_bytes, sha256_file, write_shard
+from rodpo_dist.data.sources import (Interactions, read_interactions, read_s3rec_attributes, read_s3rec_items,
+                                     read_s3rec_sequences, s3rec_paths)
+from rodpo_dist.data.split import SPLITS, split_samples
+from rodpo_dist.data.synthetic import TRUTH_FILE, SyntheticCatalog
+
+ID_MAPS_FILE = "id_maps.json"
+RESERVED_MEMBERS = ("ids", "seq", "meta")
+
+
+@dataclasses.dataclass
+class _Loaded:
+    """A source read into memory: interactions, lazy modality factories, files to add, provenance."""
+
+    data: Interactions
+    modalities: dict[str, Callable[[], Modality]]
+    paths: dict[str, str]
+    write_extra: Callable[[Path], None] = lambda _: None
+
+
+def _load_synthetic(cfg: DataConfig, progress: bool) -> _Loaded:
+    catalog = SyntheticCatalog(cfg.synthetic)
+    data = catalog.interactions(progress=progress)
+    built = catalog.modalities()
+    return _Loaded(data, {name: (lambda m=m: m) for name, m in built.items()}, {}, catalog.truth.save)
+
+
+def _load_s3rec(cfg: DataConfig, progress: bool) -> _Loaded:
+    paths = s3rec_paths(cfg.path, cfg.name)
+    data = read_s3rec_sequences(paths["sequences"])
+    factories = {"attr": lambda: bags(read_s3rec_attributes(paths["attributes"], data.num_items))}
+    if paths["items"].is_file():
+        data.item_ids, texts = read_s3rec_items(paths["items"], data.num_items)
+        factories["text"] = lambda: text_modality(texts, cfg.text_encoder, progress=progress)
+    return _Loaded(data, factories, {k: str(v) for k, v in paths.items()})
+
+
+def _load_interactions(cfg: DataConfig, progress: bool) -> _Loaded:
+    data = read_interactions(cfg.path, cfg.min_user_items, cfg.min_item_users)
+    return _Loaded(data, {}, {"interactions": cfg.path})
+
+
+_SOURCES = {"synthetic": _load_synthetic, "s3rec": _load_s3rec, "interactions": _load_interactions}
+
+
+def _resolve_modalities(cfg: DataConfig, loaded: _Loaded) -> dict[str, Modality]:
+    available = {**loaded.modalities, **{name: (lambda p=p: dense_from_npy(p, loaded.data.num_items))
+                                         for name, p in cfg.feature_files.items()}}
+    out = {}
+    for name in cfg.modalities:
+        if name in RESERVED_MEMBERS:
+            raise DataError("data.modalities", f"{name!r} is reserved for a shard member; rename the modality")
+        if name not in available:
+            raise DataError(cfg.path or cfg.source, f"modality {name!r} is not available for source "
+                            f"{cfg.source!r}; available: {', '.join(available) or '(none)'} "
+                            "(add dense ones with data.feature_files)")
+        out[name] = as_dtype(available[name](), cfg.feature_dtype)
+    return out
+
+
+def _write_sequences(data: Interactions, split: str, out: Path, per_shard: int, progress: bool) -> list[ShardInfo]:
+    shards = []
+    samples = split_samples(data, split)
+    bar = tqdm(total=data.num_users, desc=f"{split} shards", unit="user", disable=not progress)
+    for index, first in enumerate(range(1, data.num_users + 1, per_shard)):
+        count = min(per_shard, data.num_users + 1 - first)
+        name = f"{split}-{index:06d}.tar"
+
+        def chunk(count: int = count):
+            for _ in range(count):
+                user, seq, target = next(samples)
+                bar.update()
+                yield {"__key__": f"{user:09d}", "seq.npy": npy_bytes(seq.astype(np.int32)),
+                       "meta.json": json_bytes({"user": user, "target": target})}
+
+        shards.append(ShardInfo(name, count, write_shard(out / name, chunk())))
+    bar.close()
+    return shards
+
+
+def _write_items(modalities: dict[str, Modality], num_items: int, out: Path, per_shard: int, block: int,
+                 progress: bool) -> list[ShardInfo]:
+    shards = []
+    bar = tqdm(total=num_items, desc="item shards", unit="item", disable=not progress)
+    for index, first in enumerate(range(1, num_items + 1, per_shard)):
+        stop = min(first + per_shard, num_items + 1)
+        name = f"{ITEMS}-{index:06d}.tar"
+
+        def blocks(first: int = first, stop: int = stop):
+            for a in range(first, stop, block):
+                b = min(a + block, stop)
+                bar.update(b - a)
+                yield {"__key__": f"{a:09d}", "ids.npy": npy_bytes(np.arange(a, b, dtype=np.int64)),
+                       **{f"{m}.npy": npy_bytes(mod.rows(a, b)) for m, mod in modalities.items()}}
+
+        shards.append(ShardInfo(name, stop - first, write_shard(out / name, blocks())))
+    bar.close()
+    return shards
+
+
+def _stats(data: Interactions) -> dict[str, float]:
+    lengths = data.lengths
+    return {"avg_seq_len": round(float(lengths.mean()), 3), "min_seq_len": int(lengths.min()),
+            "max_seq_len": int(lengths.max()),
+            "sparsity": round(1.0 - len(data.items) / (data.num_users * data.num_items), 6)}
+
+
+def _build(cfg: DataConfig, out: Path, progress: bool) -> Manifest:
+    loaded = _SOURCES[cfg.source](cfg, progress)
+    data = loaded.data
+    modalities = _resolve_modalities(cfg, loaded)
+    shards = {split: _write_sequences(data, split, out, cfg.users_per_shard, progress) for split in SPLITS}
+    shards[ITEMS] = _write_items(modalities, data.num_items, out, cfg.items_per_shard, cfg.item_block_size, progress)
+    loaded.write_extra(out)
+    if data.user_ids is not None or data.item_ids is not None:
+        (out / ID_MAPS_FILE).write_text(json.dumps({"users": data.user_ids, "items": data.item_ids}))
+    files = {p.name: sha256_file(p) for p in (out / TRUTH_FILE, out / ID_MAPS_FILE) if p.is_file()}
+    manifest = Manifest(
+        name=cfg.name or (Path(cfg.path).stem if cfg.path else cfg.source),
+        source={"type": cfg.source, "paths": loaded.paths, "config": dataclasses.asdict(cfg)},
+        num_users=data.num_users, num_items=data.num_items, num_interactions=len(data.items),
+        modalities={m: mod.spec for m, mod in modalities.items()}, shards=shards,
+        item_block_size=cfg.item_block_size, stats=_stats(data), files=files)
+    manifest.save(out)
+    return manifest
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished `tmp` folder to `out`, replacing a previously prepared dataset there."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    if any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
+        raise DataError(out, "exists and is not a prepared dataset; refusing to replace it")
+    old = out.with_name(f".{out.name}.old-{tmp.name}")
+    out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old)
+
+
+def prepare(cfg: DataConfig, out_dir: str | Path, *, progress: bool = True) -> Manifest:
+    """Turn `cfg`'s source into shards + manifest in `out_dir` (atomically; see module docstring)."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        manifest = _build(cfg, tmp, progress)
+        _replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def stats(directory: str | Path) -> str:
+    """A plain-text table describing a prepared dataset."""
+    m = load_manifest(directory)
+    rows = [("name", m.name), ("source", m.source["type"]), ("users", f"{m.num_users:,}"),
+            ("items", f"{m.num_items:,}"), ("interactions", f"{m.num_interactions:,}"),
+            ("seq length avg/min/max", f"{m.stats['avg_seq_len']:.2f} / {m.stats['min_seq_len']} / "
+                                       f"{m.stats['max_seq_len']}"),
+            ("sparsity", f"{m.stats['sparsity']:.4%}")]
+    for name, spec in m.modalities.items():
+        extra = f", vocab {spec.vocab_size}" if spec.kind == "bag" else ""
+        rows.append((f"modality {name}", f"{spec.kind} {spec.dtype} [{spec.dim}]{extra}"))
+    for group, shards in m.shards.items():
+        rows.append((f"{group} shards", f"{len(shards)} ({sum(s.count for s in shards):,} records)"))
+    rows.append(("created", m.created))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -1,0 +1,106 @@
+"""Next-item losses over the item catalog: exact full softmax in chunks, and sampled softmax with logQ.
+
+`items` is either an item table [N+1, d] (row 0 = padding) or a callable mapping item ids to
+vectors (e.g. the model's `ItemEncoder`, so gradients reach its parameters); with a callable,
+pass `num_items` = N. Targets equal to 0 mark padding positions and are ignored. Losses average
+over the real targets (`reduction="mean"`) or sum them (`"sum"`, for normalising by a global count).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from rodpo_dist.config import Config
+from rodpo_dist.model.sasrec import SASRec
+
+Items = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+Reduction = Literal["mean", "sum"]
+
+
+def _item_fn(items: Items, num_items: int | None) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+    if isinstance(items, torch.Tensor):
+        return items.__getitem__, items.shape[0] - 1
+    if num_items is None:
+        raise ValueError("num_items is required when items is a callable")
+    return items, num_items
+
+
+def _real_targets(hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    (real,) = torch.nonzero(targets, as_tuple=True)
+    return hidden[real], targets[real]
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, targets: torch.Tensor, items: Items, chunk: int,
+                          num_items: int | None = None, exclude_padding: bool = True,
+                          reduction: Reduction = "mean") -> torch.Tensor:
+    """Next-item cross-entropy of hidden [T, d] over the whole catalog, `chunk` items at a time.
+
+    Equals `F.cross_entropy(hidden @ table[1:].T, targets - 1)` (softmax over ids 1..N, or 0..N with
+    `exclude_padding=False`), in value and gradients, but never materialises T x N logits: each
+    chunk's logsumexp is checkpointed and recomputed in backward, so memory is O(T x chunk).
+    """
+    item_fn, n = _item_fn(items, num_items)
+    hidden, targets = _real_targets(hidden, targets)
+    if targets.numel() == 0:
+        return hidden.sum() * 0.0
+
+    def chunk_logsumexp(h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return torch.logsumexp(h @ item_fn(ids).t(), dim=-1)
+
+    first = 1 if exclude_padding else 0
+    ids = torch.arange(first, n + 1, device=hidden.device)
+    partial = [checkpoint(chunk_logsumexp, hidden, block, use_reentrant=False) for block in ids.split(chunk)]
+    target_logits = (hidden * item_fn(targets)).sum(-1)
+    losses = torch.logsumexp(torch.stack(partial), dim=0) - target_logits
+    return losses.sum() if reduction == "sum" else losses.mean()
+
+
+def sampled_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, items: Items, num_sampled: int,
+                         q: torch.Tensor, generator: torch.Generator | None = None,
+                         num_items: int | None = None, reduction: Reduction = "mean") -> torch.Tensor:
+    """Sampled-softmax next-item loss with logQ correction.
+
+    `num_sampled` negatives are drawn with replacement from `q` [N+1] (q[0] must be 0), shared by the
+    batch. Each negative logit is corrected by -log(num_sampled * q_j) and the positive is left as is,
+    so the partition sum is an importance-sampling estimate of the full one: the loss tends to the
+    full-softmax cross-entropy as num_sampled grows. Samples equal to a row's target (accidental hits)
+    are removed from that row.
+    """
+    item_fn, n = _item_fn(items, num_items)
+    if q.shape != (n + 1,) or q[0] != 0:
+        raise ValueError(f"q must be a [{n + 1}] probability vector with q[0] = 0 (padding is never sampled)")
+    hidden, targets = _real_targets(hidden, targets)
+    if targets.numel() == 0:
+        return hidden.sum() * 0.0
+    sampled = torch.multinomial(q, num_sampled, replacement=True, generator=generator).to(hidden.device)
+    positive = (hidden * item_fn(targets)).sum(-1, keepdim=True)
+    negative = hidden @ item_fn(sampled).t() - torch.log(num_sampled * q.to(hidden.device)[sampled])
+    negative = negative.masked_fill(sampled[None, :] == targets[:, None], float("-inf"))
+    logits = torch.cat([positive, negative], dim=1)
+    return F.cross_entropy(logits, torch.zeros_like(targets), reduction=reduction)
+
+
+def next_item_loss(model: SASRec, seq: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-item loss of seq [B, L+1] and the model's MoE aux loss.
+
+    Position t of `seq[:, :-1]` predicts `seq[:, t+1]`; a target after a padding input (the first
+    item of a left-padded row) has no history and is skipped, like padding targets. `pretrain.loss`
+    picks the exact chunked softmax or a sampled softmax with uniform q over ids 1..N.
+    """
+    inputs, targets = seq[:, :-1], seq[:, 1:] * (seq[:, :-1] != 0)
+    out = model(inputs)
+    encoder, p = model.item_encoder, cfg.pretrain
+    if p.loss == "full":
+        ce = chunked_cross_entropy(out.hidden, targets, encoder, p.item_chunk, encoder.num_items, reduction="sum")
+    else:
+        q = torch.full((encoder.num_items + 1,), 1.0 / encoder.num_items, device=seq.device)
+        q[0] = 0.0
+        ce = sampled_softmax_loss(out.hidden, targets, encoder, p.num_sampled, q, num_items=encoder.num_items,
+                                  reduction="sum")
+    return ce, out.aux_loss
