@@ -91,7 +91,8 @@ def _topk_worker(args) -> dict:
     if args.path == "fast":  # exactness against fp32 scores, first 16 users (after timing)
         exact = (users[:16].float() @ items.float().T).topk(args.k, dim=1)
         ref = {"scores": exact.values.cpu(), "ids": exact.indices.cpu()}
-        out["fp32_check_16_users"] = _compare_ids(ref, {"scores": scores[:16].cpu(), "ids": ids[:16].cpu()})
+        mine = {"scores": scores[:16].float().cpu(), "ids": ids[:16].cpu()}
+        out["fp32_check_16_users"] = _compare_ids(ref, mine)
     out.pop("result")
     out["gflops"] = 2 * args.users * args.items * args.dim / out["best_s"] / 1e9
     return out
@@ -137,7 +138,7 @@ def _run_paths(args, paths, extra: list[str]) -> dict[str, dict]:
 
 def _print_table(title: str, results: dict[str, dict], skipped: dict[str, str]) -> None:
     print(f"\n{title}")
-    print(f"| path | best s | median s | peak extra MiB | GFLOP/s | time / baseline | mem / baseline |")
+    print("| path | best s | median s | peak extra MiB | GFLOP/s | time / baseline | mem / baseline |")
     print("|---|---|---|---|---|---|---|")
     base = next((r for r in results.values() if "best_s" in r), None)
     for name, r in results.items():
@@ -167,7 +168,7 @@ def bench_topk(args) -> None:
         extra = ["--device", args.device, "--dtype", args.dtype, "--users", str(args.users),
                  "--dim", str(args.dim), "--k", str(args.k), "--repeats", str(args.repeats),
                  "--items", str(n_items)]
-        naive_bytes = args.users * n_items * torch.tensor([], dtype=getattr(torch, args.dtype)).element_size()
+        naive_bytes = args.users * n_items * getattr(torch, args.dtype).itemsize
         paths, skipped = list(TOPK_PATHS), {}
         if naive_bytes > args.max_naive_gib * 2**30:
             why = (f"the [B, N] score matrix alone needs {naive_bytes / 2**30:.1f} GiB "

@@ -91,7 +91,9 @@ def dpo_loss(
         ref_neg = ref_neg.reshape(neg.shape)
     name = _resolve(backend, h)
     if name == "reference":
-        out = dpo_loss_reference(h, items, pos, neg, beta, ref_pos, ref_neg, variant, label_smoothing)
+        out = dpo_loss_reference(
+            h, items, pos, neg, beta, ref_pos, ref_neg, variant, label_smoothing
+        )
     elif name in ("cpu", "triton"):
         if name == "cpu":
             impl = cpu

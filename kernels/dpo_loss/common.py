@@ -1,4 +1,4 @@
-"""Shared pieces of the DPO loss backends: output type, the loss on logits, reference scores."""
+"""Shared pieces of the DPO loss backends: output type, the loss on margins, gathers and scores."""
 
 from __future__ import annotations
 

@@ -46,6 +46,7 @@ def item_grads(
     """Dense ``dL/ditems`` [n_items, d]; only the rows in ``pos``/``neg`` are non-zero."""
     hh = h.to(coef_pos.dtype) * grad_out
     rows = torch.cat([pos, neg.flatten()])
-    values = torch.cat([coef_pos[:, None] * hh, (coef_neg[:, :, None] * hh[:, None, :]).flatten(0, 1)])
+    neg_values = (coef_neg[:, :, None] * hh[:, None, :]).flatten(0, 1)
+    values = torch.cat([coef_pos[:, None] * hh, neg_values])
     grad = torch.zeros(n_items, h.shape[1], dtype=coef_pos.dtype, device=h.device)
     return grad.index_put_((rows,), values, accumulate=True).to(dtype)  # duplicates accumulate

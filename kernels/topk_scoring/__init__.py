@@ -59,11 +59,7 @@ def topk_scores(
         from .triton import topk_rows
     else:
         raise ValueError(f"unknown backend {backend!r}")
-    if isinstance(exclude, Exclusion):
-        exclude = Exclusion(exclude.offsets.to(items.device), exclude.ids.to(items.device))
-    elif exclude is not None:
-        exclude = exclude.to(items.device)
-    keys = exclusion_keys(exclude, users.shape[0], items.shape[0], id_offset)
+    keys = exclusion_keys(exclude, users.shape[0], items.shape[0], id_offset).to(items.device)
     with torch.no_grad():
         scores, rows = topk_rows(users, items, k, keys)
     return TopK(scores, torch.where(rows < 0, -1, rows + id_offset))

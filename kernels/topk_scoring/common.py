@@ -61,7 +61,7 @@ def exclusion_pairs(exclude: ExcludeArg, n_users: int) -> tuple[Tensor, Tensor]:
     if isinstance(exclude, Exclusion):
         offsets, ids = exclude.offsets.long(), exclude.ids.long()
         if offsets.numel() != n_users + 1:
-            raise ValueError(f"CSR offsets must have B+1={n_users + 1} entries, got {offsets.numel()}")
+            raise ValueError(f"CSR offsets need B+1={n_users + 1} entries, got {offsets.numel()}")
         users = torch.repeat_interleave(torch.arange(n_users, device=ids.device), offsets.diff())
         return users, ids
     if exclude.dim() != 2 or exclude.shape[0] != n_users:
@@ -89,13 +89,19 @@ def is_excluded(keys: Tensor, rows: Tensor, n_items: int) -> Tensor:
 
 
 def error_bound(
-    users: Tensor, items: Tensor, *, input_roundoff: float, output_roundoff: float
+    users: Tensor,
+    items: Tensor,
+    *,
+    users_roundoff: float,
+    items_roundoff: float,
+    output_roundoff: float,
 ) -> Tensor:
     """Per-user bound ``beta_b >= |s_hat - s_fp32|`` over all items, as float32 [B].
 
-    ``s_hat`` is a dot product of operands each rounded with relative error ``<= input_roundoff``,
-    accumulated in fp32 (``gamma_d = d*u32/(1-d*u32)``) and rounded to the output format
-    (``output_roundoff``); the fp32 re-score adds another ``gamma_d``. All terms are relative to
+    ``s_hat`` is a dot product of operands rounded elementwise with relative errors
+    ``<= users_roundoff`` and ``<= items_roundoff``, accumulated in fp32
+    (``gamma_d = d*u32/(1-d*u32)``) and rounded to the output format (``output_roundoff``); the
+    fp32 re-score adds another ``gamma_d``. All terms are relative to
     ``sum_i |u_i v_i| <= ||u|| * max_j ||v_j||`` (Cauchy-Schwarz); the item norms are computed in
     the table's dtype (fp32 accumulation, one rounding of the result: 2% covers it, and avoids an
     fp32 copy of the table). A 1% slack covers the rounding of the bound and of the threshold.
@@ -103,7 +109,8 @@ def error_bound(
     d = users.shape[1]
     u32 = UNIT_ROUNDOFF[torch.float32]
     gamma = d * u32 / (1 - d * u32)
-    rel = (1 + output_roundoff) * (1 + input_roundoff) ** 2 * (1 + gamma) - 1 + gamma
+    rel = (1 + output_roundoff) * (1 + users_roundoff) * (1 + items_roundoff) * (1 + gamma) - 1
+    rel += gamma
     item_norm = torch.linalg.vector_norm(items, dim=1).max().float() * 1.02
     radius = torch.linalg.vector_norm(users.float(), dim=1) * item_norm
     return radius * (rel * 1.01)

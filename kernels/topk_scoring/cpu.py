@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .common import NEG_INF, RowsOf, UNIT_ROUNDOFF, error_bound, merge, scan
 
-TILE_ELEMENTS = 1 << 22  # scores per tile (16 MiB in fp32): B * tile stays cache-friendly
+TILE_ELEMENTS = 1 << 21  # scores per tile and worker (8 MiB in fp32): stays in cache
 GROUP = 32  # items per group of the threshold prefilter
 MIN_SHARD = 2048  # items per worker thread at least
 
@@ -61,8 +61,8 @@ def _scan_shard(users: Tensor, items: Tensor, k: int, excluded: tuple[Tensor, Te
     margin = None
     if items.dtype != torch.float32:
         u = UNIT_ROUNDOFF[items.dtype]
-        input_u = 0.0 if users.dtype == items.dtype else u
-        margin = error_bound(users, items, input_roundoff=input_u, output_roundoff=u)
+        margin = error_bound(users, items, users_roundoff=0.0 if users.dtype == items.dtype else u,
+                             items_roundoff=0.0, output_roundoff=u)
     compute = users.to(items.dtype)
 
     def candidates(lo: int, hi: int, thr: Tensor, cap: int):

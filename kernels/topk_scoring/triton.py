@@ -11,7 +11,7 @@ Design (exact for any K, memory ``O(B * cap)``, never ``[B, N]``):
    host knows exactly when a chunk overflowed and retries it halved (a chunk of at most ``cap``
    items always fits).
 3. The threshold is the running exact K-th score minus twice the error bound of the kernel's
-   scores; candidates are de-duplicated against exclusions, pruned, re-scored in fp32 and merged
+   scores; candidates are filtered against exclusions, pruned, re-scored in fp32 and merged
    with ``torch.topk`` (``common.scan``), which lifts the threshold for the next chunk. With
    random item order about K items per user beat the threshold per doubling chunk.
 
@@ -72,12 +72,13 @@ def _candidates_kernel(
 
 
 def _launch(compute: Tensor, items: Tensor, lo: int, hi: int, thr: Tensor, cap: int, keys: Tensor):
-    """Candidates of rows [lo, hi) as (s_hat [B, C], rows.gather) sorted by row, or None."""
+    """Candidates of rows [lo, hi) (see CandidateFn), in row order; None on overflow."""
     n_users, dim = compute.shape
     scores = torch.full((n_users, cap), NEG_INF, device=items.device)
     rows = torch.full((n_users, cap), -1, dtype=torch.long, device=items.device)
     count = torch.zeros(n_users, dtype=torch.int32, device=items.device)
-    grid = (triton.cdiv(n_users, BLOCK_USERS), triton.cdiv(hi - lo, BLOCK_ITEMS * TILES_PER_PROGRAM))
+    programs_per_chunk = triton.cdiv(hi - lo, BLOCK_ITEMS * TILES_PER_PROGRAM)
+    grid = (triton.cdiv(n_users, BLOCK_USERS), programs_per_chunk)
     _candidates_kernel[grid](
         compute, items, thr.contiguous(), scores, rows, count,
         n_users, lo, hi, dim, compute.stride(0), items.stride(0), cap,
@@ -94,18 +95,19 @@ def _launch(compute: Tensor, items: Tensor, lo: int, hi: int, thr: Tensor, cap: 
     return scores, partial(rows.gather, 1)
 
 
-def topk_rows(users: Tensor, items: Tensor, k: int, keys: Tensor, *, cap: int | None = None):
+def topk_rows(users: Tensor, items: Tensor, k: int, keys: Tensor) -> tuple[Tensor, Tensor]:
     """Top-k (scores, row indices) of ``users @ items.T`` with ``keys`` (see common) excluded."""
     items = items.contiguous()
     compute = users.to(items.dtype).contiguous()
-    if items.dtype == torch.float32:
-        input_u = TF32_ROUNDOFF
+    if items.dtype == torch.float32:  # tl.dot rounds both operands to tf32
+        users_u = items_u = TF32_ROUNDOFF
     else:
-        input_u = 0.0 if users.dtype == items.dtype else UNIT_ROUNDOFF[items.dtype]
-    margin = error_bound(users, items, input_roundoff=input_u, output_roundoff=0.0)
-    if cap is None:
-        max_excluded = int(torch.bincount(keys // max(items.shape[0], 1)).max()) if keys.numel() else 0
-        cap = 2 * k + max_excluded + CAP_SLACK
+        users_u = 0.0 if users.dtype == items.dtype else UNIT_ROUNDOFF[items.dtype]
+        items_u = 0.0
+    margin = error_bound(users, items, users_roundoff=users_u, items_roundoff=items_u,
+                         output_roundoff=0.0)
+    max_excluded = int(torch.bincount(keys // items.shape[0]).max()) if keys.numel() else 0
+    cap = 2 * k + max_excluded + CAP_SLACK
 
     def candidates(lo: int, hi: int, thr: Tensor, cap: int):
         return _launch(compute, items, lo, hi, thr, cap, keys)

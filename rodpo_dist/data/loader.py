@@ -158,4 +158,6 @@ def sequence_loader(directory: str | Path, split: str, batch_size: int, max_len:
                      seed, epoch, rank, world_size)
     pipeline = wds.DataPipeline(stream, wds.batched(batch_size, collation_fn=partial(collate, max_len=max_len),
                                                     partial=True))
-    return DataLoader(pipeline, batch_size=None, num_workers=num_workers)
+    # its own generator: creating the iterator must not draw from the global RNG (exact resume)
+    return DataLoader(pipeline, batch_size=None, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(seed * 100_003 + epoch))

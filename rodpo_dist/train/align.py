@@ -29,7 +29,7 @@ from rodpo_dist.train.optim import build_scheduler
 from rodpo_dist.train.pool import CandidatePool
 from rodpo_dist.train.selection import track_best
 from rodpo_dist.train.run_log import RunLog
-from rodpo_dist.train.runtime import Runtime, seed_everything
+from rodpo_dist.train.runtime import Preemption, Runtime, seed_everything
 from rodpo_dist.train.setup import load_dataset, make_model
 from rodpo_kernels import dpo_loss
 
@@ -50,7 +50,8 @@ def _variant(strategy: str, m: int) -> str:
     return "sdpo" if strategy == "sdpo" else ("pairwise" if m == 1 else "mean")
 
 
-def align(cfg: Config, resume: str | None = None) -> dict[str, dict[str, float]]:
+def align(cfg: Config, resume: str | None = None,
+          preemption: Preemption | None = None) -> dict[str, dict[str, float]]:
     """Align the policy; returns {"valid": ..., "test": ...} metrics of the best checkpoint."""
     a, rt = cfg.align, Runtime.create(cfg.runtime.device)
     if not cfg.init:
@@ -157,6 +158,7 @@ def align(cfg: Config, resume: str | None = None) -> dict[str, dict[str, float]]
                                      or (cfg.pool.refresh_each_epoch and state.batch_in_epoch == 0)):
                 refresh_pool()
             rows = [micro_step(idx, len(idx) / len(group)) for idx in group.split(a.batch_size)]
+            rt.average_gradients(policy)
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), a.grad_clip or float("inf"))
             optimizer.step()
             scheduler.step()
@@ -172,6 +174,11 @@ def align(cfg: Config, resume: str | None = None) -> dict[str, dict[str, float]]
                 track_best(state, validate(), cfg.eval.metric, log, checkpoint)
             if state.step % cfg.runtime.checkpoint_every == 0:
                 checkpoint()
+            if preemption is not None and preemption.requested(rt):
+                checkpoint()
+                log.log(state.step, {"preempted": True}, kind="event")
+                log.close()
+                return {}
         state.epoch += 1
         state.batch_in_epoch = 0
         track_best(state, validate(), cfg.eval.metric, log, checkpoint)

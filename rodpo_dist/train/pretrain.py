@@ -24,7 +24,7 @@ from rodpo_dist.train.losses import next_item_loss
 from rodpo_dist.train.optim import build_scheduler
 from rodpo_dist.train.run_log import RunLog
 from rodpo_dist.train.selection import track_best
-from rodpo_dist.train.runtime import Runtime, seed_everything
+from rodpo_dist.train.runtime import Preemption, Runtime, seed_everything
 from rodpo_dist.train.setup import load_dataset, make_model
 
 
@@ -34,7 +34,8 @@ def _groups(batches: Iterator[dict], size: int) -> Iterator[list[dict]]:
         yield group
 
 
-def pretrain(cfg: Config, resume: str | None = None) -> dict[str, dict[str, float]]:
+def pretrain(cfg: Config, resume: str | None = None,
+             preemption: Preemption | None = None) -> dict[str, dict[str, float]]:
     """Train the backbone; returns {"valid": ..., "test": ...} metrics of the best checkpoint."""
     p, rt = cfg.pretrain, Runtime.create(cfg.runtime.device)
     run_dir = Path(cfg.runtime.run_dir) / "pretrain"
@@ -91,6 +92,7 @@ def pretrain(cfg: Config, resume: str | None = None) -> dict[str, dict[str, floa
                 loss.backward()
                 total_loss += ce_sum.item() / tokens.item() * rt.world_size
                 total_aux += float(aux) / len(seqs)
+            rt.average_gradients(model)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip or float("inf"))
             optimizer.step()
             scheduler.step()
@@ -105,6 +107,11 @@ def pretrain(cfg: Config, resume: str | None = None) -> dict[str, dict[str, floa
                 log.log(state.step, stats)
             if state.step % cfg.runtime.checkpoint_every == 0:
                 checkpoint()
+            if preemption is not None and preemption.requested(rt):
+                checkpoint()
+                log.log(state.step, {"preempted": True}, kind="event")
+                log.close()
+                return {}
         state.epoch += 1
         state.batch_in_epoch = 0
         if state.epoch % p.eval_every_epochs == 0 or state.epoch == p.epochs:

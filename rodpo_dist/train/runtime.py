@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
-from dataclasses import dataclass
+import signal
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -40,9 +43,47 @@ class Runtime:
             dist.all_reduce(value)
         return value
 
+    def average_gradients(self, model: torch.nn.Module) -> None:
+        """Data parallelism: mean of every gradient over ranks (each rank saw its own batch)."""
+        if self.world_size > 1:
+            for param in model.parameters():
+                if param.grad is not None:
+                    dist.all_reduce(param.grad)
+                    param.grad /= self.world_size
+
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
+
+
+def init_distributed(timeout_s: int) -> None:
+    """Join the process group described by the launcher's env (RANK, WORLD_SIZE, MASTER_ADDR/PORT).
+
+    gloo on CPU, nccl on GPU; a rank that dies makes the others fail within `timeout_s`.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+
+
+@dataclass
+class Preemption:
+    """Turns SIGUSR1 / SIGTERM (preemption, time limit, scancel) into a flag checked between steps."""
+
+    signals: tuple[int, ...] = (signal.SIGUSR1, signal.SIGTERM)
+    received: list[int] = field(default_factory=list)
+
+    def install(self) -> Preemption:
+        for sig in self.signals:
+            signal.signal(sig, lambda signum, _frame: self.received.append(signum))
+        return self
+
+    def requested(self, rt: Runtime) -> bool:
+        """True on every rank as soon as any rank got a signal (ranks see it at different steps)."""
+        flag = torch.tensor([float(bool(self.received))])
+        if rt.world_size > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 def seed_everything(seed: int) -> None:

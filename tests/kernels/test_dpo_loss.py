@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from rodpo_kernels import DPOOutput, dpo_loss
 
 # the Triton backend runs on CUDA when the interpreter is off (kernels/gpu_check.sh)
-DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"
 BACKENDS = ["cpu", "triton"]
 ITEM_GRAD_TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 

@@ -21,7 +21,8 @@ from rodpo_kernels.topk_scoring import triton as triton_topk
 from rodpo_kernels.topk_scoring.common import UNIT_ROUNDOFF, error_bound
 
 # the Triton backend runs on CUDA when the interpreter is off (kernels/gpu_check.sh)
-DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"
 ATOL = 1e-4
 BACKENDS = ["cpu", "triton"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -175,7 +176,7 @@ def test_error_bound_holds_for_torch_mm(dtype, dim):
     approx = (users.to(dtype) @ items.T).float()
     exact = users.double() @ items.double().T
     u = UNIT_ROUNDOFF[dtype]
-    bound = error_bound(users, items, input_roundoff=u, output_roundoff=u)
+    bound = error_bound(users, items, users_roundoff=u, items_roundoff=0.0, output_roundoff=u)
     err = (approx.double() - exact).abs().amax(1)
     assert (err <= bound.double()).all()
     assert (err > bound.double() / 20).all(), "bound is needlessly loose"

@@ -1,0 +1,52 @@
+"""One distributed entry point for pretraining and alignment (the stage comes from the config).
+
+  python launch/train.py --config configs/demo.yaml [--resume auto] [key.sub=value ...]
+  torchrun --nproc_per_node 2 launch/train.py --config configs/demo.yaml
+  sbatch launch/slurm/train_torchrun.sbatch --config configs/demo.yaml     (see launch/slurm/README.md)
+
+Joins the process group from the launcher's environment (gloo on CPU, nccl on GPU), turns
+SIGUSR1/SIGTERM into a checkpoint-and-exit between steps (the job is then requeued and continues
+with `--resume auto`), and runs the recipe. The data-parallel engine here is `plain` (gradients
+averaged over ranks); `accelerate` and `deepspeed` engines are not wired into the recipes yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rodpo_dist.config import ConfigError, load_config
+from rodpo_dist.train.runtime import Preemption, init_distributed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", "-c", required=True)
+    parser.add_argument("--resume", default=None, help="'auto' or a checkpoint path")
+    parser.add_argument("--engine", choices=["plain", "accelerate", "deepspeed"], default=None)
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    args = parser.parse_args(argv)
+    overrides = [*args.overrides, *([f"runtime.engine={args.engine}"] if args.engine else [])]
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as err:
+        print(f"train.py: {err}", file=sys.stderr)
+        return 2
+    if cfg.runtime.engine != "plain":
+        print(f"train.py: runtime.engine={cfg.runtime.engine!r} is not available yet; use 'plain'", file=sys.stderr)
+        return 2
+    preemption = Preemption().install()
+    init_distributed(cfg.runtime.dist_timeout_s)
+    if cfg.stage == "pretrain":
+        from rodpo_dist.train.pretrain import pretrain
+
+        pretrain(cfg, resume=args.resume, preemption=preemption)
+    else:
+        from rodpo_dist.train.align import align
+
+        align(cfg, resume=args.resume, preemption=preemption)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
