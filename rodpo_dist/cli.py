@@ -23,7 +23,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
     cfg = _config(args)
     out = args.out or cfg.data.prepared_dir
-    prepare(cfg.data, out, progress=True)
+    prepare(cfg.data, out, progress=cfg.runtime.progress)
     print(stats(out))
 
 

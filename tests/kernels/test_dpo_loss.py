@@ -180,3 +180,9 @@ def test_rejects_bad_arguments():
         dpo_loss(h, h_ref, items, pos, neg, 1.0, variant="pairwise")
     with pytest.raises(ValueError):
         dpo_loss(h, h_ref, items, pos, neg, 1.0, variant="ipo")
+
+
+def test_auto_never_picks_triton_on_cpu():
+    from rodpo_kernels.dpo_loss import _resolve
+
+    assert _resolve("auto", torch.zeros(1)) == "cpu"
