@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from rodpo_dist.config import Config, ConfigError, load_config
 
@@ -61,7 +60,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 def _cmd_study(args: argparse.Namespace) -> None:
     from rodpo_dist.study import run_study
 
-    run_study(_config(args), seeds=args.seeds, strategies=args.strategies, out=args.out)
+    run_study(_config(args), seeds=args.seeds, strategies=args.strategies, out=args.out,
+              sdpo_negatives=args.sdpo_negatives)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategies", nargs="+", default=["random", "hard", "rodpo", "sdpo"],
                    choices=["random", "hard", "rodpo", "sdpo"])
     p.add_argument("--out", default="docs/results", help="folder for the JSON records, table and plots")
+    p.add_argument("--sdpo-negatives", type=int, default=4, help="negatives per positive for sdpo")
     p.set_defaults(func=_cmd_study)
     return parser
 

@@ -51,8 +51,13 @@ def _fn_rate(run_dir: Path) -> float | None:
     return float(np.mean(rows)) if rows else None
 
 
-def run_study(cfg: Config, seeds: list[int], strategies: list[str], out: str | Path) -> list[dict[str, Any]]:
-    """Run backbone + each strategy for each seed; append records and write table and plots to `out`."""
+def run_study(cfg: Config, seeds: list[int], strategies: list[str], out: str | Path,
+              sdpo_negatives: int = 4) -> list[dict[str, Any]]:
+    """Run backbone + each strategy for each seed; append records and write table and plots to `out`.
+
+    `sdpo` uses `sdpo_negatives` negatives per positive (softmax DPO needs several); the other
+    strategies use `align.num_negatives`.
+    """
     from rodpo_dist.train.align import align
     from rodpo_dist.train.pretrain import pretrain
 
@@ -68,7 +73,8 @@ def run_study(cfg: Config, seeds: list[int], strategies: list[str], out: str | P
         records.append(_record(base, "backbone", seed, result, time.time() - tic, command, None))
         init = f"{base.runtime.run_dir}/pretrain/best"
         for strategy in strategies:
-            run = _with(base, stage="align", init=init, align={"strategy": strategy})
+            m = sdpo_negatives if strategy == "sdpo" else cfg.align.num_negatives
+            run = _with(base, stage="align", init=init, align={"strategy": strategy, "num_negatives": m})
             tic = time.time()
             result = align(run, resume="auto")
             records.append(_record(run, strategy, seed, result, time.time() - tic, command,

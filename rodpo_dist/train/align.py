@@ -20,14 +20,14 @@ import torch
 from rodpo_dist.config import Config, save_config
 from rodpo_dist.data import GroundTruth, load_split
 from rodpo_dist.data.synthetic import TRUTH_FILE
-from rodpo_dist.eval.evaluate import Contexts, evaluate, write_report
+from rodpo_dist.eval.evaluate import Contexts
 from rodpo_dist.model import optimizer_param_groups
 from rodpo_dist.train.checkpoint import TrainState, load_checkpoint, load_weights, resolve_resume, save_checkpoint
 from rodpo_dist.train.losses import chunked_cross_entropy
 from rodpo_dist.train.negatives import select_negatives
 from rodpo_dist.train.optim import build_scheduler
 from rodpo_dist.train.pool import CandidatePool
-from rodpo_dist.train.selection import track_best
+from rodpo_dist.train.selection import evaluate_splits, report_best, track_best
 from rodpo_dist.train.run_log import RunLog
 from rodpo_dist.train.runtime import Preemption, Runtime, seed_everything
 from rodpo_dist.train.setup import load_dataset, make_model
@@ -102,9 +102,7 @@ def align(cfg: Config, resume: str | None = None,
         rt.barrier()
 
     def validate() -> dict[str, float]:
-        table = policy.item_encoder.item_table(cfg.eval.item_chunk)
-        return evaluate(policy, table, data.valid, ks=cfg.eval.ks, max_len=cfg.model.max_len,
-                        batch_size=cfg.eval.batch_size, device=rt.device)
+        return evaluate_splits(policy, data, cfg, rt.device, ("valid",))["valid"]
 
     def refresh_pool() -> None:
         source = policy if cfg.pool.source == "policy" else reference
@@ -185,14 +183,5 @@ def align(cfg: Config, resume: str | None = None,
         checkpoint()
     log.close_bar()
 
-    load_weights(run_dir / "best", policy)
-    table = policy.item_encoder.item_table(cfg.eval.item_chunk)
-    results = {split: evaluate(policy, table, ctx, ks=cfg.eval.ks, max_len=cfg.model.max_len,
-                               batch_size=cfg.eval.batch_size, device=rt.device)
-               for split, ctx in (("valid", data.valid), ("test", data.test))}
-    if rt.is_main:
-        log.log(state.step, {f"{s}/{k}": v for s, m in results.items() for k, v in m.items()}, kind="final")
-        write_report(run_dir / "report", {f"{a.strategy} ({s})": m for s, m in results.items()}, cfg.eval.ks)
-    log.close()
-    return results
+    return report_best(policy, run_dir, data, cfg, rt, log, state.step, a.strategy)
 

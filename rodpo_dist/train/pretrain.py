@@ -17,13 +17,12 @@ import torch
 
 from rodpo_dist.config import Config, save_config
 from rodpo_dist.data import sequence_loader
-from rodpo_dist.eval.evaluate import evaluate, write_report
 from rodpo_dist.model import optimizer_param_groups
-from rodpo_dist.train.checkpoint import TrainState, load_checkpoint, load_weights, resolve_resume, save_checkpoint
+from rodpo_dist.train.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
 from rodpo_dist.train.losses import next_item_loss
 from rodpo_dist.train.optim import build_scheduler
 from rodpo_dist.train.run_log import RunLog
-from rodpo_dist.train.selection import track_best
+from rodpo_dist.train.selection import evaluate_splits, report_best, track_best
 from rodpo_dist.train.runtime import Preemption, Runtime, seed_everything
 from rodpo_dist.train.setup import load_dataset, make_model
 
@@ -67,9 +66,7 @@ def pretrain(cfg: Config, resume: str | None = None,
         rt.barrier()
 
     def validate() -> dict[str, float]:
-        table = model.item_encoder.item_table(cfg.eval.item_chunk)
-        return evaluate(model, table, data.valid, ks=cfg.eval.ks, max_len=cfg.model.max_len,
-                        batch_size=cfg.eval.batch_size, device=rt.device)
+        return evaluate_splits(model, data, cfg, rt.device, ("valid",))["valid"]
 
     autocast = torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=p.bf16)
     model.train()
@@ -120,13 +117,4 @@ def pretrain(cfg: Config, resume: str | None = None,
         checkpoint()
     log.close_bar()
 
-    load_weights(run_dir / "best", model)
-    table = model.item_encoder.item_table(cfg.eval.item_chunk)
-    results = {split: evaluate(model, table, contexts, ks=cfg.eval.ks, max_len=cfg.model.max_len,
-                               batch_size=cfg.eval.batch_size, device=rt.device)
-               for split, contexts in (("valid", data.valid), ("test", data.test))}
-    if rt.is_main:
-        log.log(state.step, {f"{s}/{k}": v for s, m in results.items() for k, v in m.items()}, kind="final")
-        write_report(run_dir / "report", {f"backbone ({s})": m for s, m in results.items()}, cfg.eval.ks)
-    log.close()
-    return results
+    return report_best(model, run_dir, data, cfg, rt, log, state.step, "backbone")
