@@ -81,11 +81,26 @@ def run_study(cfg: Config, seeds: list[int], strategies: list[str], out: str | P
                                    _fn_rate(Path(run.runtime.run_dir) / f"align-{strategy}")))
     save_records(out / "records.json", records)
     name = dataset_name(cfg)
-    table = results_table(load_records(out / "records.json"), name)
-    (out / f"{name}.md").write_text(table + "\n")
     plot_training(cfg.runtime.run_dir, seeds, strategies, out / f"{name}_training.png")
-    print(table)
+    write_results_md(out)
+    print(results_table(load_records(out / "records.json"), name))
     return records
+
+
+def write_results_md(out: Path) -> Path:
+    """`<out>.md`: one table per dataset from `<out>/records.json`, with the commands that made them."""
+    records = load_records(out / "records.json")
+    lines = [f"# Results (generated from `{out.name}/records.json` by `rodpo study`; do not edit by hand)", ""]
+    for name in sorted({r["dataset"] for r in records}):
+        rows = [r for r in records if r["dataset"] == name]
+        lines += [f"## {name}", "", "Test metrics, mean ± std over seeds; checkpoints selected on validation "
+                  f"({rows[0]['selection_metric']}).", "",
+                  results_table(records, name), "", "Commands:", ""]
+        lines += [f"- `{c}`" for c in sorted({r["command"] for r in rows})]
+        lines += [""]
+    path = out.with_suffix(".md")
+    path.write_text("\n".join(lines))
+    return path
 
 
 def _record(cfg: Config, method: str, seed: int, result: dict[str, dict[str, float]], seconds: float,
@@ -95,7 +110,8 @@ def _record(cfg: Config, method: str, seed: int, result: dict[str, dict[str, flo
         "align": dataclasses.asdict(cfg.align), "pool": dataclasses.asdict(cfg.pool)}
     return {"dataset": dataset_name(cfg), "method": method, "seed": seed, "valid": result["valid"],
             "test": result["test"], "false_negative_rate": fn_rate, "wall_time_s": round(seconds, 1),
-            "command": command, "modalities": cfg.data.modalities, "hyperparameters": hyper}
+            "command": command, "modalities": cfg.data.modalities, "selection_metric": cfg.eval.metric,
+            "hyperparameters": hyper}
 
 
 def load_records(path: str | Path) -> list[dict[str, Any]]:

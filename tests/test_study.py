@@ -1,0 +1,23 @@
+from rodpo_dist.study import load_records, results_table, save_records, write_results_md
+
+
+def _rec(method, seed, ndcg5, fn=None):
+    test = {k: 0.1 for k in ("hr@5", "mrr@5", "hr@10", "ndcg@10", "mrr@10")} | {"ndcg@5": ndcg5}
+    return {"dataset": "Toy", "method": method, "seed": seed, "valid": test, "test": test, "false_negative_rate": fn,
+            "wall_time_s": 10.0, "command": "rodpo study --config x.yaml", "modalities": ["text"],
+            "selection_metric": "ndcg@10", "hyperparameters": {}}
+
+
+def test_records_merge_and_table_reports_mean_std_and_relative_change(tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    save_records(out / "records.json", [_rec("backbone", 0, 0.10), _rec("backbone", 1, 0.12),
+                                        _rec("rodpo", 0, 0.11, 0.2), _rec("rodpo", 1, 0.13, 0.4)])
+    save_records(out / "records.json", [_rec("rodpo", 1, 0.12, 0.4)])  # replaces (Toy, rodpo, 1)
+    assert len(load_records(out / "records.json")) == 4
+    table = results_table(load_records(out / "records.json"), "Toy")
+    backbone, rodpo = table.splitlines()[2:]
+    assert "| backbone | 2 | 0.1000 ± 0.0000 | 0.1100 ± 0.0100 |" in backbone
+    assert "0.1150 ± 0.0050" in rodpo and "+4.55%" in rodpo and "| 0.300 |" in rodpo
+    md = write_results_md(out).read_text()
+    assert "## Toy" in md and "`rodpo study --config x.yaml`" in md
