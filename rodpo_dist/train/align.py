@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -151,11 +150,12 @@ def align(cfg: Config, resume: str | None = None,
         shard = order[rt.rank::rt.world_size]
         groups = shard.split(a.batch_size * a.grad_accum)
         log.bar(steps_per_epoch, state.batch_in_epoch, f"align[{a.strategy}] epoch {state.epoch + 1}/{a.epochs}")
-        for group in islice(groups, state.batch_in_epoch, None):
+        for i in range(state.batch_in_epoch, steps_per_epoch):  # the same count on every rank
+            group = groups[i] if i < len(groups) else shard[:0]
             if pool is not None and (pool.due(state.step, cfg.pool.refresh_steps)
                                      or (cfg.pool.refresh_each_epoch and state.batch_in_epoch == 0)):
                 refresh_pool()
-            rows = [micro_step(idx, len(idx) / len(group)) for idx in group.split(a.batch_size)]
+            rows = [micro_step(idx, len(idx) / len(group)) for idx in group.split(a.batch_size) if len(idx)]
             rt.average_gradients(policy)
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), a.grad_clip or float("inf"))
             optimizer.step()
@@ -163,9 +163,9 @@ def align(cfg: Config, resume: str | None = None,
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.batch_in_epoch += 1
-            stats = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+            stats = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
             stats |= {"grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
-            log.advance({"loss": stats["loss"], "acc": stats["accuracy"]})
+            log.advance({"loss": stats.get("loss", 0.0), "acc": stats.get("accuracy", 0.0)})
             if state.step % cfg.runtime.log_every == 0:
                 log.log(state.step, stats)
             if a.eval_every_steps and state.step % a.eval_every_steps == 0:

@@ -78,8 +78,12 @@ def pretrain(cfg: Config, resume: str | None = None,
         groups = _groups(iter(loader), p.grad_accum)
         log.bar(steps_per_epoch, state.batch_in_epoch, f"pretrain epoch {state.epoch + 1}/{p.epochs}")
         tic, seen = time.perf_counter(), 0
-        for group in islice(groups, state.batch_in_epoch, None):
-            seqs = [b["seq"].to(rt.device) for b in group]
+        for _ in islice(groups, state.batch_in_epoch):  # resume: skip the groups already trained on
+            pass
+        # every rank takes the same number of steps (an exhausted rank contributes nothing), so
+        # the collectives stay matched however the samples split across ranks
+        for _ in range(state.batch_in_epoch, steps_per_epoch):
+            seqs = [b["seq"].to(rt.device) for b in next(groups, [])]
             tokens = rt.sum(sum(((s[:, :-1] > 0) & (s[:, 1:] > 0)).sum() for s in seqs).float())
             total_loss = total_aux = 0.0
             for seq in seqs:
