@@ -46,7 +46,7 @@ def _cmd_align(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from rodpo_dist.eval.evaluate import evaluate_checkpoint
+    from rodpo_dist.train.selection import evaluate_checkpoint
 
     evaluate_checkpoint(_config(args), args.checkpoint, splits=args.splits)
 

@@ -45,3 +45,17 @@ def report_best(model: SASRec, run_dir: Path, data: Dataset, cfg: Config, rt: Ru
         write_report(run_dir / "report", {f"{label} ({s})": m for s, m in results.items()}, cfg.eval.ks)
     log.close()
     return results
+
+
+def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, splits: list[str]) -> dict[str, dict[str, float]]:
+    """Full-ranking metrics of a saved checkpoint on `splits`; prints the Markdown table."""
+    from rodpo_dist.eval.evaluate import markdown_table
+    from rodpo_dist.train.setup import load_dataset, make_model
+
+    rt = Runtime.create(cfg.runtime.device)
+    data = load_dataset(cfg)
+    model = make_model(cfg, data, rt.device)
+    load_weights(checkpoint, model)
+    results = evaluate_splits(model, data, cfg, rt.device, tuple(splits))
+    print(markdown_table(results, [f"{m}@{k}" for k in cfg.eval.ks for m in ("hr", "ndcg", "mrr")]))
+    return results

@@ -1,0 +1,30 @@
+"""The `rodpo` command end to end on a tiny synthetic catalog (the README's stage commands)."""
+
+from rodpo_dist.cli import main
+
+TINY = ["data.synthetic.num_items=150", "data.synthetic.num_users=100", "data.synthetic.num_clusters=6",
+        "data.synthetic.max_seq_len=10", "model.hidden=16", "model.heads=1", "model.max_len=8",
+        "pretrain.epochs=1", "align.epochs=1", "pool.k=10", "runtime.progress=false"]
+
+
+def test_prepare_stats_pretrain_align_evaluate(tmp_path, capsys):
+    common = ["--config", "configs/demo.yaml", *TINY, f"data.prepared_dir={tmp_path}/data",
+              f"runtime.run_dir={tmp_path}/run"]
+    assert main(["data", "prepare", *common]) == 0
+    assert main(["data", "stats", f"{tmp_path}/data"]) == 0
+    assert "users                   100" in capsys.readouterr().out
+    assert main(["pretrain", *common]) == 0
+    assert main(["align", *common, "--init", f"{tmp_path}/run/pretrain/best"]) == 0
+    assert main(["evaluate", *common, "--checkpoint", f"{tmp_path}/run/align-rodpo/best"]) == 0
+    assert "| test |" in capsys.readouterr().out
+
+
+def test_bad_config_exits_2_with_every_problem(capsys):
+    assert main(["pretrain", "--config", "configs/demo.yaml", "model.hiden=3", "align.beta=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "2 problem(s)" in err and "did you mean model.hidden?" in err and "align.beta: must be > 0" in err
+
+
+def test_missing_checkpoint_is_named(tmp_path, capsys):
+    code = main(["align", "--config", "configs/demo.yaml", "--init", f"{tmp_path}/nope"])
+    assert code == 2 and f"init: checkpoint {tmp_path}/nope does not exist" in capsys.readouterr().err
