@@ -47,9 +47,9 @@ def test_item_table_matches_forward_for_any_chunk():
 
 
 def test_item_table_is_computed_in_eval_mode():
-    enc = _encoder()
-    enc.dropout.p = 0.5
-    expected = enc(torch.arange(N + 1))
+    enc = _encoder(fusion_moe=MoEConfig(enabled=True, num_experts=2, top_k=2, placement="fusion",
+                                        noisy_gating=True))
+    expected = enc(torch.arange(N + 1))  # _encoder returns it in eval mode: no gating noise
     enc.train()
     torch.testing.assert_close(enc.item_table(4), expected)
     assert enc.training
@@ -67,7 +67,7 @@ def test_features_are_not_in_the_checkpoint():
     enc = _encoder()
     assert not any(k.startswith("feature_") for k in enc.state_dict())
     fresh = _encoder()
-    torch.nn.init.normal_(fresh.norm.weight)
+    torch.nn.init.normal_(fresh.id_embedding.weight)
     fresh.load_state_dict(enc.state_dict())
     torch.testing.assert_close(fresh.item_table(4), enc.item_table(4))
 
