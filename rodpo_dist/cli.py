@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="backbone vs random / hard / rodpo / sdpo negatives over seeds")
     _add_config_args(p)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--strategies", nargs="+", default=["random", "hard", "rodpo", "sdpo"],
+    p.add_argument("--strategies", nargs="*", default=["random", "hard", "rodpo", "sdpo"],
                    choices=["random", "hard", "rodpo", "sdpo"])
     p.add_argument("--out", default="docs/results", help="folder for the JSON records, table and plots")
     p.add_argument("--sdpo-negatives", type=int, default=4, help="negatives per positive for sdpo")

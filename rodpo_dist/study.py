@@ -81,7 +81,8 @@ def run_study(cfg: Config, seeds: list[int], strategies: list[str], out: str | P
                                    _fn_rate(Path(run.runtime.run_dir) / f"align-{strategy}")))
     save_records(out / "records.json", records)
     name = dataset_name(cfg)
-    plot_training(cfg.runtime.run_dir, seeds, strategies, out / f"{name}_training.png")
+    if strategies:
+        plot_training(cfg.runtime.run_dir, seeds, strategies, out / f"{name}_training.png")
     write_results_md(out)
     print(results_table(load_records(out / "records.json"), name))
     return records
