@@ -64,7 +64,7 @@ def run_study(cfg: Config, seeds: list[int], strategies: list[str], out: str | P
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ensure_prepared(cfg)
-    command = " ".join(shlex.quote(a) for a in sys.argv)
+    command = " ".join(["rodpo", *(shlex.quote(a) for a in sys.argv[1:])])
     records = []
     for seed in seeds:
         base = _with(cfg, runtime={"seed": seed, "run_dir": f"{cfg.runtime.run_dir}/seed{seed}"})
