@@ -32,7 +32,7 @@
 #   RODPO_ENTRY        training script              (default: launch/train.py)
 #   GPUS_PER_NODE      processes per node           (default: $SLURM_GPUS_ON_NODE, else GPU count, else 1)
 #   RODPO_MASTER_ADDR  rendezvous address           (default: NodeAddr of the first node of the job)
-#   RODPO_MASTER_PORT  rendezvous port              (default: 20000 + SLURM_JOB_ID % 20000)
+#   RODPO_MASTER_PORT  rendezvous port              (default: 20000 + (SLURM_JOB_ID + 7919 * restarts) % 20000)
 #   RODPO_REQUEUE      1: requeue after SIGUSR1     (default 1; 0 just stops)
 #   RODPO_MAX_RESTARTS stop requeueing after this many restarts (default 1000)
 #   RODPO_RESIGNAL_INTERVAL  after SIGUSR1, send it again to the step every N s (default 10)
@@ -96,7 +96,8 @@ rodpo_setup() {
     MASTER_ADDR=$(scontrol show node "$head" 2>/dev/null | grep -o 'NodeAddr=[^ ]*' | head -n1 | cut -d= -f2)
     MASTER_ADDR=${MASTER_ADDR:-$head}
   fi
-  MASTER_PORT=${RODPO_MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
+  # a requeued run gets another port: the previous run's may still be in TIME_WAIT
+  MASTER_PORT=${RODPO_MASTER_PORT:-$((20000 + (SLURM_JOB_ID + 7919 * ${SLURM_RESTART_COUNT:-0}) % 20000))}
   export MASTER_ADDR MASTER_PORT
   export RODPO_NNODES=${SLURM_NNODES:-1}
 

@@ -103,7 +103,10 @@ def test_usr1_checkpoints_and_requeues(cluster, allreduce_jobs, tmp_path):
     text = log.read_text()
     assert "SIGUSR1" in text and "requeueing job" in text, text
 
-    # SLURM holds a requeued job for about 2 minutes (BeginTime): release it now
+    # SLURM holds a requeued job for about 2 minutes (BeginTime): once it is back to PENDING (the
+    # first run fully cleaned up on both nodes), release it now
+    info = cluster.wait(jid, lambda i: i["JobState"] == "PENDING" or _done(i), 40, "PENDING after requeue", log)
+    assert info["JobState"] == "PENDING", (info, log.read_text())
     cluster.run("scontrol", "update", f"JobId={jid}", "StartTime=now")
     info = cluster.wait(jid, _done, 60, "the requeued run to finish", log)
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, log.read_text())
