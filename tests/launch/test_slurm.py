@@ -8,6 +8,8 @@ of launch/train.py.  The cluster (fixture `slurm_cluster`, tests/launch/conftest
 state dir and namespace names, so it does not disturb (or get disturbed by) one started by hand.
 """
 import json
+import time
+from pathlib import Path
 import os
 
 import pytest
@@ -107,9 +109,15 @@ def test_usr1_checkpoints_and_requeues(cluster, allreduce_jobs, tmp_path):
     # first run fully cleaned up on both nodes), release it now
     info = cluster.wait(jid, lambda i: i["JobState"] == "PENDING" or _done(i), 40, "PENDING after requeue", log)
     assert info["JobState"] == "PENDING", (info, log.read_text())
+    # slurmd refuses a batch launch whose credential is not newer (1 s resolution) than the
+    # revocation of the killed run ("Job N already killed, do not launch batch job"); SLURM's own
+    # hold avoids that, and so must an early release
+    time.sleep(3)
     cluster.run("scontrol", "update", f"JobId={jid}", "StartTime=now")
     info = cluster.wait(jid, _done, 60, "the requeued run to finish", log)
-    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, log.read_text())
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (
+        {k: info.get(k) for k in ("JobState", "Reason", "ExitCode", "Restarts", "NodeList", "BatchHost")}, log.read_text(),
+        {p.name: p.read_text()[-1500:] for p in (Path(cluster.state) / "log").glob("*.log")})
     for r in (0, 1):
         res = json.loads((out / f"resumed-{r}.json").read_text())
         assert res["restart"] == 1 and res["argv"][:2] == ["--resume", "auto"], res
