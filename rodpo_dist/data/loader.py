@@ -106,12 +106,16 @@ def _split_shards(directory: Path, manifest: Manifest, split: str) -> list[tuple
 
 
 def collate(samples: list[dict[str, Any]], max_len: int) -> dict[str, torch.Tensor]:
-    """Batch dict: user [B], seq [B, max_len] left-padded with 0 (last max_len items kept), target [B]."""
-    seq = torch.zeros(len(samples), max_len, dtype=torch.long)
+    """Batch dict: user [B], seq [B, W] left-padded with 0 (last W items kept), target [B].
+
+    W = min(max_len, longest sequence in the batch): no compute is spent on columns of padding.
+    """
+    width = max(1, min(max_len, max(len(s["seq"]) for s in samples)))
+    seq = torch.zeros(len(samples), width, dtype=torch.long)
     for row, s in enumerate(samples):
-        tail = s["seq"][-max_len:]
+        tail = s["seq"][-width:]
         if len(tail):
-            seq[row, max_len - len(tail):] = torch.from_numpy(tail.astype(np.int64))
+            seq[row, width - len(tail):] = torch.from_numpy(tail.astype(np.int64))
     return {"user": torch.tensor([s["meta"]["user"] for s in samples], dtype=torch.long), "seq": seq,
             "target": torch.tensor([s["meta"]["target"] for s in samples], dtype=torch.long)}
 

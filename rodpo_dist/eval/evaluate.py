@@ -37,19 +37,19 @@ class Contexts:
 
     def batch(self, index: Sequence[int], max_len: int,
               exclude_target: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(left-padded model input [b, max_len], exclusions [b, H] padded with -1, targets [b]).
+        """(left-padded model input [b, W <= max_len], exclusions [b, H] padded with -1, targets [b]).
 
         Exclusions are the whole history (not only the last `max_len` items), plus the target
         when `exclude_target` (the candidate pool must never offer the positive as a negative).
         """
         hist = [self.histories[i] for i in index]
         targets = torch.as_tensor(self.targets[np.asarray(index)], dtype=torch.long)
-        seq = torch.zeros(len(hist), max_len, dtype=torch.long)
+        seq = torch.zeros(len(hist), max(1, min(max_len, max(len(h) for h in hist))), dtype=torch.long)
         width = max(len(h) for h in hist) + int(exclude_target)
         exclude = torch.full((len(hist), width), -1, dtype=torch.long)
         for row, h in enumerate(hist):
-            tail = torch.as_tensor(h[-max_len:], dtype=torch.long)
-            seq[row, max_len - len(tail):] = tail
+            tail = torch.as_tensor(h[-seq.shape[1]:], dtype=torch.long)
+            seq[row, seq.shape[1] - len(tail):] = tail
             exclude[row, : len(h)] = torch.as_tensor(h, dtype=torch.long)
         if exclude_target:
             exclude[:, -1] = targets

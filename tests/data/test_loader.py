@@ -59,6 +59,9 @@ def test_collate_left_pads_and_truncates():
     assert batch["seq"].tolist() == [[3, 4, 5], [0, 0, 6]]
     assert batch["user"].tolist() == [7, 8] and batch["target"].tolist() == [9, -1]
     assert batch["seq"].dtype == torch.long
+    short = collate([{"seq": np.array([1, 2]), "meta": {"user": 1, "target": 3}},
+                     {"seq": np.array([4]), "meta": {"user": 2, "target": 5}}], max_len=10)
+    assert short["seq"].tolist() == [[1, 2], [0, 4]]  # padded to the longest in the batch only
 
 
 def _users(loader) -> list[int]:
