@@ -87,6 +87,8 @@ def align(cfg: Config, resume: str | None = None,
             pool.ids, pool.scores = trainer["pool_ids"], trainer["pool_scores"]
             pool.refreshed_at = state.extra["pool_refreshed_at"]
     log = RunLog(run_dir, rt.is_main, cfg.runtime.progress)
+    if start is not None:
+        log.drop_after(state.step)
     if rt.is_main:
         save_config(cfg, run_dir / "config.yaml")
 

@@ -54,6 +54,8 @@ def pretrain(cfg: Config, resume: str | None = None,
         optimizer.load_state_dict(trainer["optimizer"])
         scheduler.load_state_dict(trainer["scheduler"])
     log = RunLog(run_dir, rt.is_main, cfg.runtime.progress)
+    if start is not None:
+        log.drop_after(state.step)
     if rt.is_main:
         save_config(cfg, run_dir / "config.yaml")
         if start is not None:

@@ -35,6 +35,13 @@ class RunLog:
             if isinstance(value, (int, float)):
                 self._tb.add_scalar(f"{kind}/{key}", value, step)
 
+    def drop_after(self, step: int) -> None:
+        """On resume: forget records past `step` (they are redone), so the log reads as one run."""
+        path = self.run_dir / "metrics.jsonl"
+        if self.enabled and path.is_file():
+            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+            path.write_text("".join(line + "\n" for line in kept))
+
     def bar(self, total: int, initial: int, desc: str) -> None:
         """Start (or restart) the progress bar over `total` optimizer steps."""
         self.close_bar()

@@ -49,6 +49,12 @@ def test_resumed_run_equals_uninterrupted_run(dataset):
     assert pretrain(cut, preemption=StopAt(7)) == {}  # mid-epoch 2 (5 steps per epoch)
     resumed = pretrain(cut, resume="auto")
     assert resumed == full
+    from rodpo_dist.train.run_log import read_metrics
+
+    def losses(run):
+        return [(r["step"], r["loss"]) for r in read_metrics(dataset / run / "pretrain", "train")]
+
+    assert losses("cut") == losses("full")  # the log of the resumed run reads as one run
     a, b = _weights(dataset / "full"), _weights(dataset / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
