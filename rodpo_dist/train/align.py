@@ -24,6 +24,7 @@ from rodpo_dist.model import optimizer_param_groups
 from rodpo_dist.train.checkpoint import TrainState, load_checkpoint, load_weights, resolve_resume, save_checkpoint
 from rodpo_dist.train.losses import chunked_cross_entropy
 from rodpo_dist.train.negatives import select_negatives
+from rodpo_dist.train.loop import end_of_step
 from rodpo_dist.train.optim import build_scheduler
 from rodpo_dist.train.pool import CandidatePool
 from rodpo_dist.train.selection import evaluate_splits, report_best, track_best
@@ -168,16 +169,9 @@ def align(cfg: Config, resume: str | None = None,
             stats = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
             stats |= {"grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
             log.advance({"loss": stats.get("loss", 0.0), "acc": stats.get("accuracy", 0.0)})
-            if state.step % cfg.runtime.log_every == 0:
-                log.log(state.step, stats)
             if a.eval_every_steps and state.step % a.eval_every_steps == 0:
                 track_best(state, validate(), cfg.eval.metric, log, checkpoint)
-            if state.step % cfg.runtime.checkpoint_every == 0:
-                checkpoint()
-            if preemption is not None and preemption.requested(rt):
-                checkpoint()
-                log.log(state.step, {"preempted": True}, kind="event")
-                log.close()
+            if end_of_step(state, stats, cfg.runtime, log, checkpoint, preemption, rt):
                 return {}
         state.epoch += 1
         state.batch_in_epoch = 0

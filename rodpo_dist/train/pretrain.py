@@ -20,6 +20,7 @@ from rodpo_dist.data import sequence_loader
 from rodpo_dist.model import optimizer_param_groups
 from rodpo_dist.train.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
 from rodpo_dist.train.losses import next_item_loss
+from rodpo_dist.train.loop import end_of_step
 from rodpo_dist.train.optim import build_scheduler
 from rodpo_dist.train.run_log import RunLog
 from rodpo_dist.train.selection import evaluate_splits, report_best, track_best
@@ -106,14 +107,7 @@ def pretrain(cfg: Config, resume: str | None = None,
             stats = {"loss": total_loss, "aux": total_aux, "grad_norm": float(grad_norm),
                      "lr": scheduler.get_last_lr()[0], "seq_per_s": seen * rt.world_size / (time.perf_counter() - tic)}
             log.advance({"loss": total_loss, "seq/s": stats["seq_per_s"]})
-            if state.step % cfg.runtime.log_every == 0:
-                log.log(state.step, stats)
-            if state.step % cfg.runtime.checkpoint_every == 0:
-                checkpoint()
-            if preemption is not None and preemption.requested(rt):
-                checkpoint()
-                log.log(state.step, {"preempted": True}, kind="event")
-                log.close()
+            if end_of_step(state, stats, cfg.runtime, log, checkpoint, preemption, rt):
                 return {}
         state.epoch += 1
         state.batch_in_epoch = 0
