@@ -96,7 +96,12 @@ def write_results_md(out: Path) -> Path:
         rows = [r for r in records if r["dataset"] == name]
         lines += [f"## {name}", "", "Test metrics, mean ± std over seeds; checkpoints selected on validation "
                   f"({rows[0]['selection_metric']}).", "",
-                  results_table(records, name), "", "Commands:", ""]
+                  results_table(records, name), "", "Hyper-parameters (first record of each method; all in the JSON):", ""]
+        for method in dict.fromkeys(r["method"] for r in rows):
+            hyper = next(r for r in rows if r["method"] == method)["hyperparameters"]
+            keys = ("pretrain",) if method == "backbone" else ("align", "pool")
+            lines.append(f"- {method}: " + "; ".join(f"{k}: {json.dumps(hyper[k])}" for k in keys if k in hyper))
+        lines += ["", "Commands:", ""]
         lines += [f"- `{c}`" for c in sorted({r["command"] for r in rows})]
         lines += [""]
     path = out.with_suffix(".md")
