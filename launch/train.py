@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from rodpo_dist.config import ConfigError, load_config
 from rodpo_dist.train.runtime import Preemption, init_distributed
 
@@ -45,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         from rodpo_dist.train.align import align
 
         align(cfg, resume=args.resume, preemption=preemption)
+    if torch.distributed.is_initialized():  # an orderly teardown: gloo can abort at interpreter exit
+        torch.distributed.destroy_process_group()
     return 0
 
 

@@ -65,6 +65,9 @@ def ds_allreduce():
     dcomm.all_reduce(t)
     _write(f"rank{rank}.json", sum=float(t.item()), backend=dcomm.get_backend() if hasattr(dcomm, "get_backend") else None)
     dcomm.barrier()
+    # tear the gloo group down before exit: left to interpreter shutdown it sometimes aborts
+    # ("terminate called without an active exception", SIGABRT)
+    torch.distributed.destroy_process_group()
 
 
 def wait_for_signal():
