@@ -24,7 +24,7 @@ from rodpo_dist.model import optimizer_param_groups
 from rodpo_dist.train.checkpoint import TrainState, load_checkpoint, load_weights, resolve_resume, save_checkpoint
 from rodpo_dist.train.losses import chunked_cross_entropy
 from rodpo_dist.train.negatives import select_negatives
-from rodpo_dist.train.loop import end_of_step
+from rodpo_dist.train.loop import end_of_step, optimizer_step
 from rodpo_dist.train.optim import build_scheduler
 from rodpo_dist.train.pool import CandidatePool
 from rodpo_dist.train.selection import evaluate_splits, report_best, track_best
@@ -159,15 +159,9 @@ def align(cfg: Config, resume: str | None = None,
                                      or (cfg.pool.refresh_each_epoch and state.batch_in_epoch == 0)):
                 refresh_pool()
             rows = [micro_step(idx, len(idx) / len(group)) for idx in group.split(a.batch_size) if len(idx)]
-            rt.average_gradients(policy)
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), a.grad_clip or float("inf"))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.batch_in_epoch += 1
+            grad_norm = optimizer_step(policy, optimizer, scheduler, a.grad_clip, state, rt)
             stats = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
-            stats |= {"grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
+            stats |= {"grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0]}
             log.advance({"loss": stats.get("loss", 0.0), "acc": stats.get("accuracy", 0.0)})
             if a.eval_every_steps and state.step % a.eval_every_steps == 0:
                 track_best(state, validate(), cfg.eval.metric, log, checkpoint)

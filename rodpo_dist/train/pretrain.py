@@ -20,7 +20,7 @@ from rodpo_dist.data import sequence_loader
 from rodpo_dist.model import optimizer_param_groups
 from rodpo_dist.train.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
 from rodpo_dist.train.losses import next_item_loss
-from rodpo_dist.train.loop import end_of_step
+from rodpo_dist.train.loop import end_of_step, optimizer_step
 from rodpo_dist.train.optim import build_scheduler
 from rodpo_dist.train.run_log import RunLog
 from rodpo_dist.train.selection import evaluate_splits, report_best, track_best
@@ -96,15 +96,9 @@ def pretrain(cfg: Config, resume: str | None = None,
                 loss.backward()
                 total_loss += ce_sum.item() / tokens.item() * rt.world_size
                 total_aux += float(aux) / len(seqs)
-            rt.average_gradients(model)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip or float("inf"))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.batch_in_epoch += 1
+            grad_norm = optimizer_step(model, optimizer, scheduler, p.grad_clip, state, rt)
             seen += sum(len(s) for s in seqs)
-            stats = {"loss": total_loss, "aux": total_aux, "grad_norm": float(grad_norm),
+            stats = {"loss": total_loss, "aux": total_aux, "grad_norm": grad_norm,
                      "lr": scheduler.get_last_lr()[0], "seq_per_s": seen * rt.world_size / (time.perf_counter() - tic)}
             log.advance({"loss": total_loss, "seq/s": stats["seq_per_s"]})
             if end_of_step(state, stats, cfg.runtime, log, checkpoint, preemption, rt):
