@@ -20,6 +20,7 @@ from rodpo_dist.data import sequence_loader
 from rodpo_dist.data.prepare import prepare
 from rodpo_dist.model import optimizer_param_groups
 from rodpo_dist.train.losses import next_item_loss
+from rodpo_dist.train.runtime import Runtime
 from rodpo_dist.train.selection import evaluate_splits
 from rodpo_dist.train.setup import load_dataset, make_model
 
@@ -65,7 +66,7 @@ def bench_evaluate(items: int, users: int, overrides: list[str]) -> None:
         table = model.item_encoder.item_table(cfg.eval.item_chunk)
         table_s = time.perf_counter() - tic
         tic = time.perf_counter()
-        metrics = evaluate_splits(model, data, cfg, torch.device("cpu"), ("test",))["test"]
+        metrics = evaluate_splits(model, data, cfg, Runtime(torch.device("cpu")), ("test",))["test"]
         seconds = time.perf_counter() - tic
         print(f"evaluate: {items:,} items x {users:,} users, item table {table_s:.1f} s "
               f"({table.numel() * 4 / 2**20:.0f} MiB), full ranking {seconds:.1f} s = {users / seconds:,.0f} users/s, "

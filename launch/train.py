@@ -2,12 +2,16 @@
 
   python launch/train.py --config configs/demo.yaml [--resume auto] [key.sub=value ...]
   torchrun --nproc_per_node 2 launch/train.py --config configs/demo.yaml
+  ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 launch/train.py \
+      --config configs/demo.yaml --engine accelerate
+  deepspeed --num_gpus 2 launch/train.py --config configs/demo.yaml --engine deepspeed \
+      runtime.deepspeed_config=configs/deepspeed/zero2.json
   sbatch launch/slurm/train_torchrun.sbatch --config configs/demo.yaml     (see launch/slurm/README.md)
 
 Joins the process group from the launcher's environment (gloo on CPU, nccl on GPU), turns
 SIGUSR1/SIGTERM into a checkpoint-and-exit between steps (the job is then requeued and continues
-with `--resume auto`), and runs the recipe. The data-parallel engine here is `plain` (gradients
-averaged over ranks); `accelerate` and `deepspeed` engines are not wired into the recipes yet.
+with `--resume auto`), and runs the recipe with the engine of `runtime.engine` (plain,
+accelerate or deepspeed; see rodpo_dist/train/engine.py).
 """
 
 from __future__ import annotations
@@ -26,16 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", "-c", required=True)
     parser.add_argument("--resume", default=None, help="'auto' or a checkpoint path")
     parser.add_argument("--engine", choices=["plain", "accelerate", "deepspeed"], default=None)
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     overrides = [*args.overrides, *([f"runtime.engine={args.engine}"] if args.engine else [])]
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as err:
         print(f"train.py: {err}", file=sys.stderr)
-        return 2
-    if cfg.runtime.engine != "plain":
-        print(f"train.py: runtime.engine={cfg.runtime.engine!r} is not available yet; use 'plain'", file=sys.stderr)
         return 2
     preemption = Preemption().install()
     init_distributed(cfg.runtime.dist_timeout_s)

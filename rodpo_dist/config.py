@@ -354,6 +354,11 @@ def _check_ranges(cfg: Config, problems: list[str]) -> None:
     if cfg.runtime.deepspeed_config:
         need(Path(cfg.runtime.deepspeed_config).is_file(),
              f"runtime.deepspeed_config: {cfg.runtime.deepspeed_config} does not exist")
+    need(cfg.runtime.engine != "deepspeed" or bool(cfg.runtime.deepspeed_config),
+         "runtime.deepspeed_config: required with runtime.engine=deepspeed (e.g. configs/deepspeed/zero2.json)")
+    need(not (cfg.moe.enabled and cfg.moe.ep_size > 1) or cfg.runtime.engine == "deepspeed",
+         f"moe.ep_size={cfg.moe.ep_size} (expert parallelism) needs runtime.engine=deepspeed: only DeepSpeed "
+         f"reduces expert gradients over the expert-data-parallel group")
     if cfg.init:
         need(Path(cfg.init).exists(), f"init: checkpoint {cfg.init} does not exist")
     need(all(k is not None and k >= 1 for k in cfg.eval.ks), f"eval.ks: must be positive integers, got {cfg.eval.ks}")

@@ -1,7 +1,8 @@
 """Full-ranking evaluation: every item is ranked for each user, the user's history excluded.
 
 Scoring goes through the pool-scoring op (`rodpo_kernels.topk_scores`), so the users x items
-score matrix is never formed; only the top `max(ks) + 1` items per user are kept.
+score matrix is never formed; only the top `max(ks) + 1` items per user are kept. With several
+ranks each one scores its slice of the catalog and the lists are merged (`catalog.catalog_topk`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import numpy as np
 import torch
 
 from rodpo_dist.data import SplitData
+from rodpo_dist.eval.catalog import catalog_topk
 from rodpo_dist.eval.metrics import metric_sums, target_ranks
-from rodpo_kernels import topk_scores
+from rodpo_dist.train.runtime import Runtime
 
 
 @dataclass
@@ -58,26 +60,26 @@ class Contexts:
 
 @torch.no_grad()
 def rank_targets(model: torch.nn.Module, item_table: torch.Tensor, contexts: Contexts, *, max_len: int,
-                 list_len: int, batch_size: int, device: torch.device) -> torch.Tensor:
+                 list_len: int, batch_size: int, rt: Runtime) -> torch.Tensor:
     """0-based pessimistic rank of each context's target (see `metrics.target_ranks`)."""
     was_training = model.training
     model.eval()
     ranks = []
-    items = item_table[1:].to(device)  # row 0 is padding: never a candidate; ids start at 1
+    items = item_table[1:].to(rt.device)  # row 0 is padding: never a candidate; ids start at 1
     for start in range(0, len(contexts), batch_size):
         seq, excl, targets = contexts.batch(range(start, min(start + batch_size, len(contexts))), max_len)
-        users = model.user_state(seq.to(device))
-        top = topk_scores(users.float(), items, list_len, exclude=excl.to(device), id_offset=1)
+        users = model.user_state(seq.to(rt.device))
+        top = catalog_topk(users.float(), items, list_len, excl.to(rt.device), rt)
         ranks.append(target_ranks(top.ids.cpu(), top.scores.cpu(), targets))
     model.train(was_training)
     return torch.cat(ranks)
 
 
 def evaluate(model: torch.nn.Module, item_table: torch.Tensor, contexts: Contexts, *, ks: list[int],
-             max_len: int, batch_size: int, device: torch.device) -> dict[str, float]:
-    """HR/NDCG/MRR at each k in `ks`, averaged over the contexts."""
+             max_len: int, batch_size: int, rt: Runtime) -> dict[str, float]:
+    """HR/NDCG/MRR at each k in `ks`, averaged over the contexts (a collective with several ranks)."""
     ranks = rank_targets(model, item_table, contexts, max_len=max_len, list_len=max(ks) + 1,
-                         batch_size=batch_size, device=device)
+                         batch_size=batch_size, rt=rt)
     return {name: total / len(contexts) for name, total in metric_sums(ranks, ks).items()}
 
 

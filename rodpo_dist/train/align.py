@@ -23,8 +23,9 @@ from rodpo_dist.eval.evaluate import Contexts
 from rodpo_dist.model import optimizer_param_groups
 from rodpo_dist.train.checkpoint import TrainState, load_checkpoint, load_weights, resolve_resume, save_checkpoint
 from rodpo_dist.train.losses import chunked_cross_entropy
+from rodpo_dist.train.engine import StepSettings, build_engine
 from rodpo_dist.train.negatives import select_negatives
-from rodpo_dist.train.loop import end_of_step, optimizer_step
+from rodpo_dist.train.loop import end_of_step, finish_step
 from rodpo_dist.train.optim import build_scheduler
 from rodpo_dist.train.pool import CandidatePool
 from rodpo_dist.train.selection import evaluate_splits, report_best, track_best
@@ -75,14 +76,15 @@ def align(cfg: Config, resume: str | None = None,
     per_rank = math.ceil(len(contexts) / rt.world_size)
     steps_per_epoch = math.ceil(per_rank / (a.batch_size * a.grad_accum))
     scheduler = build_scheduler(optimizer, a.warmup_steps, steps_per_epoch * a.epochs, "cosine")
+    engine = build_engine(cfg.runtime, policy, optimizer, scheduler, rt,
+                          StepSettings(a.batch_size, a.grad_accum, a.grad_clip, bf16=False))
     sampler = torch.Generator().manual_seed(cfg.runtime.seed)
 
     state = TrainState()
     start = resolve_resume(run_dir, resume)
     if start is not None:
-        state, trainer = load_checkpoint(start, policy)
-        optimizer.load_state_dict(trainer["optimizer"])
-        scheduler.load_state_dict(trainer["scheduler"])
+        state, trainer, own = load_checkpoint(start, policy, rt)
+        engine.load_state_dict(trainer, own)
         sampler.set_state(trainer["sampler"])
         if pool is not None and "pool_ids" in trainer:
             pool.ids, pool.scores = trainer["pool_ids"], trainer["pool_scores"]
@@ -94,23 +96,21 @@ def align(cfg: Config, resume: str | None = None,
         save_config(cfg, run_dir / "config.yaml")
 
     def checkpoint(name: str | None = None) -> None:
-        if rt.is_main:
-            trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                       "sampler": sampler.get_state()}
-            if pool is not None and pool.refreshed_at is not None:
-                trainer |= {"pool_ids": pool.ids, "pool_scores": pool.scores}
-                state.extra["pool_refreshed_at"] = pool.refreshed_at
-            save_checkpoint(run_dir, state, policy, trainer, keep=cfg.runtime.keep_checkpoints, name=name)
-        rt.barrier()
+        trainer = {**engine.state_dict(), "sampler": sampler.get_state()}
+        if pool is not None and pool.refreshed_at is not None:
+            trainer |= {"pool_ids": pool.ids, "pool_scores": pool.scores}
+            state.extra["pool_refreshed_at"] = pool.refreshed_at
+        save_checkpoint(run_dir, state, policy, trainer, keep=cfg.runtime.keep_checkpoints, name=name,
+                        rank_trainer=engine.rank_state_dict(), rt=rt)
 
     def validate() -> dict[str, float]:
-        return evaluate_splits(policy, data, cfg, rt.device, ("valid",))["valid"]
+        return evaluate_splits(policy, data, cfg, rt, ("valid",))["valid"]
 
     def refresh_pool() -> None:
         source = policy if cfg.pool.source == "policy" else reference
         table = ref_table if source is reference else policy.item_encoder.item_table(cfg.eval.item_chunk)
         stats = pool.refresh(source, table, step=state.step, max_len=cfg.model.max_len,
-                             batch_size=cfg.eval.batch_size, device=rt.device)
+                             batch_size=cfg.eval.batch_size, rt=rt)
         log.log(state.step, {"pool_refresh_s": stats.seconds, "pool_mb": stats.size_mb,
                              "peak_rss_mb": stats.peak_rss_mb}, kind="pool")
 
@@ -140,13 +140,13 @@ def align(cfg: Config, resume: str | None = None,
             ce = chunked_cross_entropy(h, pos, policy.item_encoder, cfg.pretrain.item_chunk, num_items)
             loss = loss + a.ce_weight * ce
             stats["ce"] = ce.item()
-        (loss * weight).backward()
+        engine.backward(loss * weight)
         if truth is not None:
             stats["false_negative_rate"] = float(truth.is_relevant(contexts.users[index.numpy()], neg.cpu().numpy()).mean())
         return stats
 
     policy.train()
-    if state.step == 0 and rt.is_main:
+    if state.step == 0:
         log.log(0, {"epoch": 0, **validate()}, kind="valid")
     while state.epoch < a.epochs:
         order = torch.randperm(len(contexts), generator=torch.Generator().manual_seed(cfg.runtime.seed * 7919 + state.epoch))
@@ -159,9 +159,12 @@ def align(cfg: Config, resume: str | None = None,
                                      or (cfg.pool.refresh_each_epoch and state.batch_in_epoch == 0)):
                 refresh_pool()
             rows = [micro_step(idx, len(idx) / len(group)) for idx in group.split(a.batch_size) if len(idx)]
-            grad_norm = optimizer_step(policy, optimizer, scheduler, a.grad_clip, state, rt)
+            if not rows:  # no data left on this rank: a zero-weighted filler keeps the collectives matched
+                micro_step(order[:1], 0.0)
+            grad_norm = engine.step()
+            finish_step(state)
             stats = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
-            stats |= {"grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0]}
+            stats |= {"grad_norm": grad_norm, "lr": engine.lr}
             log.advance({"loss": stats.get("loss", 0.0), "acc": stats.get("accuracy", 0.0)})
             if a.eval_every_steps and state.step % a.eval_every_steps == 0:
                 track_best(state, validate(), cfg.eval.metric, log, checkpoint)

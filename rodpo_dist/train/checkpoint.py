@@ -1,10 +1,13 @@
 """Atomic checkpoints that never unpickle arbitrary objects.
 
-A checkpoint is a folder `ckpt-<step>/` holding `model.safetensors`, `trainer.pt` (optimizer,
-scheduler and RNG states: tensors and plain containers only, loaded with `weights_only=True`) and
-`state.json` (step, data position, metrics). It is written under a temporary name and renamed
-into place, and `latest` is replaced atomically afterwards, so a kill during a save leaves the
-previous checkpoint as the one `--resume auto` finds.
+A checkpoint is a folder `ckpt-<step>/` holding `model.safetensors` (every expert under its
+global index, whatever the expert parallelism), `trainer.pt` (optimizer and scheduler states shared
+by all ranks), `rank<r>.pt` (what rank r keeps for itself: its RNG states and, under DeepSpeed, its
+ZeRO optimizer partition) and `state.json` (step, data position, metrics, world size). The `.pt`
+files hold tensors and plain containers only and load with `weights_only=True`. All ranks write
+into one temporary folder that rank 0 renames into place once every file is synced, then
+`latest` is replaced atomically, so a kill during a save leaves the previous checkpoint as the
+one `--resume auto` finds.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
+
+from rodpo_dist.model.expert_parallel import full_state_dict, local_state_dict
+from rodpo_dist.train.runtime import Runtime
 
 LATEST = "latest"
 STATE = "state.json"
@@ -63,36 +69,50 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(run_dir: str | Path, state: TrainState, model: torch.nn.Module,
-                    trainer: dict[str, Any], keep: int = 2, name: str | None = None) -> Path:
+def _fsync_files(folder: Path) -> None:
+    for f in folder.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(folder)
+
+
+def save_checkpoint(run_dir: str | Path, state: TrainState, model: torch.nn.Module, trainer: dict[str, Any],
+                    keep: int = 2, name: str | None = None, rank_trainer: dict[str, Any] | None = None,
+                    rt: Runtime | None = None) -> Path:
     """Write `run_dir/ckpt-<step>` (or `run_dir/<name>`) atomically and point `latest` at it.
 
+    Collective: every rank calls it (with its own `rank_trainer`); rank 0 writes the shared files.
     `trainer` holds optimizer/scheduler state dicts and anything else made of tensors and plain
     containers. Only the newest `keep` step checkpoints are kept (named ones are never pruned).
     """
+    rt = rt or Runtime(torch.device("cpu"))
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / (name or f"ckpt-{state.step:08d}")
-    for stale in run_dir.glob(".*.tmp-*"):  # left by a process killed while saving
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-    tmp = run_dir / f".{final.name}.tmp-{os.getpid()}"
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save({**trainer, "rng": rng_state()}, tmp / "trainer.pt")
-    (tmp / STATE).write_text(json.dumps(state.__dict__, indent=1))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    if name is None:
-        pointer = run_dir / f".{LATEST}.tmp-{os.getpid()}"
-        pointer.write_text(final.name)
-        os.replace(pointer, run_dir / LATEST)
-        _prune(run_dir, keep)
-    _fsync_dir(run_dir)
+    tmp = run_dir / f".{final.name}.tmp"
+    weights = full_state_dict(model)  # a collective under expert parallelism
+    if rt.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".*.tmp*"):  # left by a process killed while saving
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        tmp.mkdir()
+    rt.barrier()
+    torch.save({**(rank_trainer or {}), "rng": rng_state()}, tmp / f"rank{rt.rank}.pt")
+    rt.barrier()
+    if rt.is_main:
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+        torch.save(trainer, tmp / "trainer.pt")
+        (tmp / STATE).write_text(json.dumps({**state.__dict__, "world_size": rt.world_size}, indent=1))
+        _fsync_files(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        if name is None:
+            pointer = run_dir / f".{LATEST}.tmp"
+            pointer.write_text(final.name)
+            os.replace(pointer, run_dir / LATEST)
+            _prune(run_dir, keep)
+        _fsync_dir(run_dir)
+    rt.barrier()
     return final
 
 
@@ -101,8 +121,14 @@ def _prune(run_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _saved_world_size(path: Path) -> int:
+    return int(json.loads((path / STATE).read_text()).get("world_size", 1))
+
+
 def _complete(path: Path) -> bool:
-    return (path / STATE).is_file() and (path / "model.safetensors").is_file() and (path / "trainer.pt").is_file()
+    if not all((path / f).is_file() for f in (STATE, "model.safetensors", "trainer.pt")):
+        return False
+    return all((path / f"rank{r}.pt").is_file() for r in range(_saved_world_size(path)))
 
 
 def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
@@ -120,7 +146,8 @@ def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not _complete(path):
-        raise CheckpointError(f"checkpoint {path} is incomplete: it needs model.safetensors, trainer.pt and {STATE}")
+        raise CheckpointError(f"checkpoint {path} is incomplete: it needs model.safetensors, trainer.pt, "
+                              f"{STATE} and one rank<r>.pt per rank")
     return path
 
 
@@ -129,19 +156,37 @@ def load_weights(path: str | Path, model: torch.nn.Module) -> None:
     file = Path(path) / "model.safetensors"
     if not file.is_file():
         raise CheckpointError(f"checkpoint {path} has no model.safetensors")
-    missing, unexpected = load_model(model, str(file), strict=False)
-    if missing or unexpected:
+    weights = local_state_dict(model, load_file(str(file)))
+    expected = model.state_dict()
+    missing, unexpected = expected.keys() - weights.keys(), weights.keys() - expected.keys()
+    wrong = [k for k in expected.keys() & weights.keys() if expected[k].shape != weights[k].shape]
+    if missing or unexpected or wrong:
         raise CheckpointError(f"checkpoint {path} does not fit the model: missing {sorted(missing)[:5]}, "
-                              f"unexpected {sorted(unexpected)[:5]} (was it trained with another model config?)")
+                              f"unexpected {sorted(unexpected)[:5]}, other shapes {sorted(wrong)[:5]} "
+                              f"(was it trained with another model config?)")
+    model.load_state_dict(weights)
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module) -> tuple[TrainState, dict[str, Any]]:
-    """Load weights into `model`; return the train state and the trainer dict (RNG already restored)."""
+def load_checkpoint(path: str | Path, model: torch.nn.Module,
+                    rt: Runtime | None = None) -> tuple[TrainState, dict[str, Any], dict[str, Any]]:
+    """Load weights into `model`; return the train state, the shared and this rank's trainer dicts.
+
+    This rank's RNG states are restored. A run resumed on another number of ranks takes rank 0's
+    RNG states, unless the ranks saved more than that (ZeRO partitions): then it is an error.
+    """
+    rt = rt or Runtime(torch.device("cpu"))
     path = Path(path)
     if not _complete(path):
         raise CheckpointError(f"checkpoint {path} is missing or incomplete")
     load_weights(path, model)
     trainer = torch.load(path / "trainer.pt", weights_only=True, map_location="cpu")
-    set_rng_state(trainer.pop("rng"))
-    state = TrainState(**json.loads((path / STATE).read_text()))
-    return state, trainer
+    saved_world = _saved_world_size(path)
+    rank_file = path / f"rank{rt.rank if saved_world == rt.world_size else 0}.pt"
+    rank_trainer = torch.load(rank_file, weights_only=True, map_location="cpu")
+    set_rng_state(rank_trainer.pop("rng"))
+    if saved_world != rt.world_size and rank_trainer:
+        raise CheckpointError(f"checkpoint {path} was saved by {saved_world} ranks with per-rank optimizer state "
+                              f"({sorted(rank_trainer)}); resume it on {saved_world} ranks, not {rt.world_size}")
+    fields = json.loads((path / STATE).read_text())
+    fields.pop("world_size", None)
+    return TrainState(**fields), trainer, rank_trainer

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
-
 from rodpo_dist.config import RuntimeConfig
 from rodpo_dist.train.checkpoint import TrainState
 from rodpo_dist.train.run_log import RunLog
@@ -30,15 +28,7 @@ def end_of_step(state: TrainState, stats: dict[str, float], runtime: RuntimeConf
     return True
 
 
-def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                   scheduler: torch.optim.lr_scheduler.LRScheduler, grad_clip: float, state: TrainState,
-                   rt: Runtime) -> float:
-    """Average gradients over ranks, clip (0: no clipping), step optimizer and schedule; returns the grad norm."""
-    rt.average_gradients(model)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+def finish_step(state: TrainState) -> None:
+    """Count an optimizer step taken (the data position moves with it)."""
     state.step += 1
     state.batch_in_epoch += 1
-    return float(grad_norm)

@@ -2,7 +2,7 @@
 
 For every training context (a history prefix and its target item) the pool holds the K
 highest-scoring items under a model, with the target and the whole history excluded. It is built
-with the pool-scoring op (item tiles, O(contexts x K) state: the contexts x items score matrix is
+with the pool-scoring op, the catalog sharded over ranks (item tiles, O(contexts x K) state: the contexts x items score matrix is
 never formed) and stored compactly as int32 ids plus their float32 scores.
 """
 
@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from rodpo_dist.eval.catalog import catalog_topk
 from rodpo_dist.eval.evaluate import Contexts
-from rodpo_kernels import topk_scores
+from rodpo_dist.train.runtime import Runtime
 
 
 @dataclass
@@ -35,17 +36,19 @@ class CandidatePool:
 
     @torch.no_grad()
     def refresh(self, model: torch.nn.Module, item_table: torch.Tensor, *, step: int, max_len: int,
-                batch_size: int, device: torch.device) -> RefreshStats:
-        """Recompute every context's top-K under `model` and `item_table` ([N+1, d], row 0 padding)."""
+                batch_size: int, rt: Runtime) -> RefreshStats:
+        """Recompute every context's top-K under `model` and `item_table` ([N+1, d], row 0 padding).
+
+        A collective with several ranks: each scores its slice of the catalog (`catalog_topk`).
+        """
         tic = time.perf_counter()
         was_training = model.training
         model.eval()
-        items = item_table[1:].to(device)
+        items = item_table[1:].to(rt.device)
         for start in range(0, len(self.contexts), batch_size):
             stop = min(start + batch_size, len(self.contexts))
             seq, exclude, _ = self.contexts.batch(range(start, stop), max_len, exclude_target=True)
-            top = topk_scores(model.user_state(seq.to(device)).float(), items, self.k,
-                              exclude=exclude.to(device), id_offset=1)
+            top = catalog_topk(model.user_state(seq.to(rt.device)).float(), items, self.k, exclude.to(rt.device), rt)
             self.ids[start:stop] = top.ids.to(torch.int32).cpu()
             self.scores[start:stop] = top.scores.float().cpu()
         model.train(was_training)

@@ -19,13 +19,17 @@ from rodpo_dist.config import Config, save_config
 from rodpo_dist.data import sequence_loader
 from rodpo_dist.model import optimizer_param_groups
 from rodpo_dist.train.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
+from rodpo_dist.train.engine import StepSettings, build_engine
 from rodpo_dist.train.losses import next_item_loss
-from rodpo_dist.train.loop import end_of_step, optimizer_step
+from rodpo_dist.train.loop import end_of_step, finish_step
 from rodpo_dist.train.optim import build_scheduler
 from rodpo_dist.train.run_log import RunLog
 from rodpo_dist.train.selection import evaluate_splits, report_best, track_best
 from rodpo_dist.train.runtime import Preemption, Runtime, seed_everything
 from rodpo_dist.train.setup import load_dataset, make_model
+
+
+FILLER = torch.tensor([[1, 1]])  # a one-target sequence for a rank without data this step
 
 
 def _groups(batches: Iterator[dict], size: int) -> Iterator[list[dict]]:
@@ -47,13 +51,14 @@ def pretrain(cfg: Config, resume: str | None = None,
     per_rank = math.ceil(data.manifest.num_users / rt.world_size)
     steps_per_epoch = math.ceil(per_rank / (p.batch_size * p.grad_accum))
     scheduler = build_scheduler(optimizer, p.warmup_steps, steps_per_epoch * p.epochs, p.decay)
+    engine = build_engine(cfg.runtime, model, optimizer, scheduler, rt,
+                          StepSettings(p.batch_size, p.grad_accum, p.grad_clip, p.bf16))
 
     state = TrainState()
     start = resolve_resume(run_dir, resume)
     if start is not None:
-        state, trainer = load_checkpoint(start, model)
-        optimizer.load_state_dict(trainer["optimizer"])
-        scheduler.load_state_dict(trainer["scheduler"])
+        state, shared, own = load_checkpoint(start, model, rt)
+        engine.load_state_dict(shared, own)
     log = RunLog(run_dir, rt.is_main, cfg.runtime.progress)
     if start is not None:
         log.drop_after(state.step)
@@ -63,13 +68,11 @@ def pretrain(cfg: Config, resume: str | None = None,
             log.log(state.step, {"resumed_from": str(start)}, kind="event")
 
     def checkpoint(name: str | None = None) -> None:
-        if rt.is_main:
-            trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-            save_checkpoint(run_dir, state, model, trainer, keep=cfg.runtime.keep_checkpoints, name=name)
-        rt.barrier()
+        save_checkpoint(run_dir, state, model, engine.state_dict(), keep=cfg.runtime.keep_checkpoints,
+                        name=name, rank_trainer=engine.rank_state_dict(), rt=rt)
 
     def validate() -> dict[str, float]:
-        return evaluate_splits(model, data, cfg, rt.device, ("valid",))["valid"]
+        return evaluate_splits(model, data, cfg, rt, ("valid",))["valid"]
 
     autocast = torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=p.bf16)
     model.train()
@@ -83,24 +86,29 @@ def pretrain(cfg: Config, resume: str | None = None,
         tic, seen = time.perf_counter(), 0
         for _ in islice(groups, state.batch_in_epoch):  # resume: skip the groups already trained on
             pass
-        # every rank takes the same number of steps (an exhausted rank contributes nothing), so
-        # the collectives stay matched however the samples split across ranks
+        # every rank takes the same number of steps and backward passes (an exhausted rank runs one
+        # zero-weighted filler batch), so the collectives stay matched however the samples split
         for _ in range(state.batch_in_epoch, steps_per_epoch):
             seqs = [b["seq"].to(rt.device) for b in next(groups, [])]
             tokens = rt.sum(sum(((s[:, :-1] > 0) & (s[:, 1:] > 0)).sum() for s in seqs).float())
-            total_loss = total_aux = 0.0
-            for seq in seqs:
+            weight = rt.world_size / tokens.clamp(min=1)  # engines average gradients over ranks
+            totals = torch.zeros(2, device=rt.device)  # summed CE, mean aux loss over this rank's micro-batches
+            for seq in seqs or [FILLER.to(rt.device)]:
                 with autocast:
                     ce_sum, aux = next_item_loss(model, seq, cfg)
-                loss = (ce_sum / tokens + cfg.moe.aux_weight * aux / len(seqs)) * rt.world_size
-                loss.backward()
-                total_loss += ce_sum.item() / tokens.item() * rt.world_size
-                total_aux += float(aux) / len(seqs)
-            grad_norm = optimizer_step(model, optimizer, scheduler, p.grad_clip, state, rt)
+                if not seqs:
+                    engine.backward((ce_sum + aux) * 0.0)
+                    continue
+                engine.backward(ce_sum * weight + cfg.moe.aux_weight * aux / len(seqs) * rt.world_size)
+                totals += torch.stack([ce_sum.detach().float(), aux.detach().float() / len(seqs)])
+            grad_norm = engine.step()
+            finish_step(state)
             seen += sum(len(s) for s in seqs)
-            stats = {"loss": total_loss, "aux": total_aux, "grad_norm": grad_norm,
-                     "lr": scheduler.get_last_lr()[0], "seq_per_s": seen * rt.world_size / (time.perf_counter() - tic)}
-            log.advance({"loss": total_loss, "seq/s": stats["seq_per_s"]})
+            ce_total, aux_total = rt.sum(totals).tolist()  # what the global batch saw
+            stats = {"loss": ce_total / float(tokens.clamp(min=1)), "aux": aux_total / rt.world_size,
+                     "grad_norm": grad_norm,
+                     "lr": engine.lr, "seq_per_s": seen * rt.world_size / (time.perf_counter() - tic)}
+            log.advance({"loss": stats["loss"], "seq/s": stats["seq_per_s"]})
             if end_of_step(state, stats, cfg.runtime, log, checkpoint, preemption, rt):
                 return {}
         state.epoch += 1

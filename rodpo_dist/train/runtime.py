@@ -43,16 +43,6 @@ class Runtime:
             dist.all_reduce(value)
         return value
 
-    def average_gradients(self, model: torch.nn.Module) -> None:
-        """Data parallelism: mean of every gradient over ranks (each rank saw its own batch)."""
-        if self.world_size > 1:
-            for param in model.parameters():
-                if param.requires_grad:
-                    if param.grad is None:  # unused on this rank: it still joins the all-reduce
-                        param.grad = torch.zeros_like(param)
-                    dist.all_reduce(param.grad)
-                    param.grad /= self.world_size
-
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from rodpo_dist.config import Config
 from rodpo_dist.eval.evaluate import evaluate, write_report
 from rodpo_dist.model import SASRec
@@ -27,19 +25,19 @@ def track_best(state: TrainState, metrics: dict[str, float], metric: str, log: R
     return True
 
 
-def evaluate_splits(model: SASRec, data: Dataset, cfg: Config, device: torch.device,
+def evaluate_splits(model: SASRec, data: Dataset, cfg: Config, rt: Runtime,
                     splits: tuple[str, ...] = ("valid", "test")) -> dict[str, dict[str, float]]:
-    """Full-ranking metrics of `model` on each split (one item table for all)."""
+    """Full-ranking metrics of `model` on each split (one item table for all; collective over ranks)."""
     table = model.item_encoder.item_table(cfg.eval.item_chunk)
     return {split: evaluate(model, table, getattr(data, split), ks=cfg.eval.ks, max_len=cfg.model.max_len,
-                            batch_size=cfg.eval.batch_size, device=device) for split in splits}
+                            batch_size=cfg.eval.batch_size, rt=rt) for split in splits}
 
 
 def report_best(model: SASRec, run_dir: Path, data: Dataset, cfg: Config, rt: Runtime, log: RunLog,
                 step: int, label: str) -> dict[str, dict[str, float]]:
     """Load the `best` checkpoint, evaluate it on valid and test, log and write `report.{json,md}`."""
     load_weights(run_dir / "best", model)
-    results = evaluate_splits(model, data, cfg, rt.device)
+    results = evaluate_splits(model, data, cfg, rt)
     if rt.is_main:
         log.log(step, {f"{s}/{k}": v for s, m in results.items() for k, v in m.items()}, kind="final")
         write_report(run_dir / "report", {f"{label} ({s})": m for s, m in results.items()}, cfg.eval.ks)
@@ -56,6 +54,6 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, splits: list[str]) 
     data = load_dataset(cfg)
     model = make_model(cfg, data, rt.device)
     load_weights(checkpoint, model)
-    results = evaluate_splits(model, data, cfg, rt.device, tuple(splits))
+    results = evaluate_splits(model, data, cfg, rt, tuple(splits))
     print(markdown_table(results, [f"{m}@{k}" for k in cfg.eval.ks for m in ("hr", "ndcg", "mrr")]))
     return results

@@ -26,7 +26,7 @@ def test_round_trip_restores_weights_optimizer_and_rng(tmp_path):
 
     other = _model(1)
     torch.manual_seed(123)
-    loaded, trainer = load_checkpoint(resolve_resume(tmp_path, "auto"), other)
+    loaded, trainer, _ = load_checkpoint(resolve_resume(tmp_path, "auto"), other)
     assert path.name == "ckpt-00000007" and loaded == state
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
     assert torch.equal(torch.rand(3), expected_draw)
@@ -62,22 +62,22 @@ def test_kill_during_save_leaves_the_previous_checkpoint_as_latest(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, torch
         import rodpo_dist.train.checkpoint as ck
-        real = ck.save_model
-        def dying(model, path):
-            real(model, path)
+        real = ck.save_file
+        def dying(weights, path):
+            real(weights, path)
             os.kill(os.getpid(), signal.SIGKILL)
-        ck.save_model = dying
+        ck.save_file = dying
         torch.manual_seed(5)
         ck.save_checkpoint({str(tmp_path)!r}, ck.TrainState(step=2), torch.nn.Linear(4, 3), {{}})
     """)
     proc = subprocess.run([sys.executable, "-c", script])
     assert proc.returncode == -signal.SIGKILL
     assert resolve_resume(tmp_path, "auto").name == "ckpt-00000001"
-    state, _ = load_checkpoint(resolve_resume(tmp_path, "auto"), _model(3))
+    state, _, _ = load_checkpoint(resolve_resume(tmp_path, "auto"), _model(3))
     assert state.step == 1
 
 
 def test_next_save_clears_what_a_killed_save_left(tmp_path):
     (tmp_path / ".ckpt-00000009.tmp-999").mkdir(parents=True)
     save_checkpoint(tmp_path, TrainState(step=10), _model(0), {})
-    assert not list(tmp_path.glob(".*.tmp-*"))
+    assert not list(tmp_path.glob(".*.tmp*"))

@@ -3,6 +3,7 @@ import torch
 
 from rodpo_dist.eval.evaluate import Contexts
 from rodpo_dist.train.pool import CandidatePool
+from rodpo_dist.train.runtime import Runtime
 
 
 class BagOfItems(torch.nn.Module):
@@ -30,7 +31,7 @@ def test_pool_matches_brute_force_and_excludes_history_and_target():
     ctx = _contexts(rng, 37, n_items)
     model = BagOfItems(table)
     pool = CandidatePool(ctx, k)
-    stats = pool.refresh(model, table, step=0, max_len=5, batch_size=8, device=torch.device("cpu"))
+    stats = pool.refresh(model, table, step=0, max_len=5, batch_size=8, rt=Runtime(torch.device("cpu")))
     assert pool.ids.dtype == torch.int32 and stats.size_mb > 0
     for row in range(len(ctx)):
         seq, _, _ = ctx.batch([row], 5)

@@ -1,0 +1,78 @@
+"""One checkpoint layout whatever the expert parallelism: experts under their global index.
+
+With DeepSpeed-MoE and `ep_size` > 1 each rank holds `num_experts / ep_size` experts, named
+`...deepspeed_experts.<local>...`; expert `local` of expert-parallel rank `r` is global expert
+`r * num_local + local`. `full_state_dict` gathers every expert (a collective over the expert
+group: call it on all ranks) and names them globally, so a checkpoint saved with any `ep_size`
+loads into a model built with any other, including a single-process one (`load_full_state_dict`
+keeps the slice a rank owns).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, NamedTuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+_EXPERT = re.compile(r"^(.*\.deepspeed_experts\.)(\d+)(\..+)$")
+
+
+class _Layer(NamedTuple):
+    ep_size: int
+    ep_rank: int
+    num_local: int
+    group: Any
+
+
+def _parallel_layers(model: nn.Module) -> dict[str, _Layer]:
+    """Prefix of each expert-parallel DeepSpeed-MoE expert list -> its layout on this rank."""
+    if not any(".deepspeed_experts." in name for name, _ in model.named_parameters()):
+        return {}
+    from deepspeed.moe.layer import MoE
+    from deepspeed.utils import groups
+
+    return {f"{name}.deepspeed_moe.experts.deepspeed_experts.": _Layer(
+                module.ep_size, groups._get_expert_parallel_rank(module.expert_group_name),
+                module.num_local_experts, groups._get_expert_parallel_group(module.expert_group_name))
+            for name, module in model.named_modules() if isinstance(module, MoE) and module.ep_size > 1}
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state with every expert present under its global index (collective when ep > 1)."""
+    layers = _parallel_layers(model)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    if not layers:
+        return state
+    full = {}
+    for key, value in state.items():
+        match = _EXPERT.match(key)
+        if match is None or match.group(1) not in layers:
+            full[key] = value
+            continue
+        layer = layers[match.group(1)]
+        parts = [torch.empty_like(value) for _ in range(layer.ep_size)]
+        dist.all_gather(parts, value.contiguous(), group=layer.group)
+        for r, part in enumerate(parts):
+            full[f"{match.group(1)}{r * layer.num_local + int(match.group(2))}{match.group(3)}"] = part
+    return full
+
+
+def local_state_dict(model: nn.Module, full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The entries of a global-index state dict that this rank's model holds, under its local names."""
+    layers = _parallel_layers(model)
+    if not layers:
+        return full
+    local = {}
+    for key, value in full.items():
+        match = _EXPERT.match(key)
+        if match is None or match.group(1) not in layers:
+            local[key] = value
+            continue
+        layer = layers[match.group(1)]
+        index = int(match.group(2)) - layer.ep_rank * layer.num_local
+        if 0 <= index < layer.num_local:
+            local[f"{match.group(1)}{index}{match.group(3)}"] = value
+    return local

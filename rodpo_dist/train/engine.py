@@ -1,0 +1,185 @@
+"""Training engines: how a recipe backpropagates, synchronises gradients and steps the optimizer.
+
+One interface for the three `runtime.engine` values, so the recipes read the same for all:
+
+  plain       torch.distributed by hand: gradients averaged over ranks with all-reduce.
+  accelerate  Hugging Face Accelerate owns the process group, device placement, `backward` and
+              clipping; gradients are averaged with `accelerator.reduce`. The model is not wrapped
+              in DDP on purpose: ranks may run different numbers of micro-batches, experts may get
+              no token, and the tied item table is used outside `forward` (chunked softmax, DPO
+              item lookups), none of which DDP's bucketed hooks tolerate.
+  deepspeed   `deepspeed.initialize` with a ZeRO-1/2 JSON (`runtime.deepspeed_config`, see
+              configs/deepspeed/); required for DeepSpeed-MoE expert parallelism (`moe.ep_size` > 1),
+              whose expert gradients are reduced over the expert-data-parallel group only. Runs with
+              `managed_gradient_accumulation: false`: every `step()` is an accumulation boundary.
+
+Every engine's loss is the recipe's already-normalised loss (global token or sample counts), so
+`backward` never rescales it. `state_dict()` is what rank 0 saves for everyone; `rank_state_dict()`
+what each rank saves for itself (DeepSpeed's ZeRO optimizer partitions).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from rodpo_dist.config import RuntimeConfig
+from rodpo_dist.train.runtime import Runtime
+
+Scheduler = torch.optim.lr_scheduler.LRScheduler
+
+
+@dataclass
+class StepSettings:
+    """The optimisation settings an engine needs (DeepSpeed writes them into its JSON config)."""
+
+    micro_batch: int
+    grad_accum: int
+    grad_clip: float
+    bf16: bool
+
+
+def _average_gradients(model: torch.nn.Module, world_size: int,
+                       reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Mean of every gradient over ranks; a parameter unused on this rank contributes zeros."""
+    if world_size == 1:
+        return
+    for param in model.parameters():
+        if param.requires_grad:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            param.grad.copy_(reduce(param.grad))
+
+
+class TorchEngine:
+    """The `plain` and `accelerate` engines: a torch optimizer and scheduler, explicit gradient sync."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Scheduler,
+                 rt: Runtime, grad_clip: float, accelerator: Any = None) -> None:
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.rt, self.grad_clip, self.accelerator = rt, grad_clip, accelerator
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.accelerator is not None:
+            self.accelerator.backward(loss)
+        else:
+            loss.backward()
+
+    def step(self) -> float:
+        """Synchronise gradients, clip (0: off), step optimizer and schedule; returns the grad norm."""
+        if self.accelerator is not None:
+            _average_gradients(self.model, self.rt.world_size,
+                               lambda g: self.accelerator.reduce(g, reduction="mean"))
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.grad_clip or float("inf"))
+        else:
+            _average_gradients(self.model, self.rt.world_size, _mean_all_reduce(self.rt.world_size))
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def rank_state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, shared: dict[str, Any], rank_local: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(shared["optimizer"])
+        self.scheduler.load_state_dict(shared["scheduler"])
+
+
+def _mean_all_reduce(world_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    def reduce(grad: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(grad)
+        return grad / world_size
+    return reduce
+
+
+# ZeRO optimizer state entries that are Python objects, not tensors: left out of the saved state so
+# that loading needs no unpickling (`weights_only=True`); DeepSpeed restores them from its defaults.
+_ZERO_OBJECT_KEYS = ("loss_scaler", "zero_stage", "param_slice_mappings")
+
+
+class DeepSpeedEngine:
+    """`deepspeed.initialize` around the model, the recipe's torch optimizer and its scheduler."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Scheduler,
+                 rt: Runtime, settings: StepSettings, config_path: str) -> None:
+        import deepspeed
+
+        config = deepspeed_config(config_path, settings, rt.world_size)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                    config=config)
+        self.model, self.scheduler = model, scheduler
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def step(self) -> float:
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scheduler": self.scheduler.state_dict(), "global_steps": self.engine.global_steps}
+
+    def rank_state_dict(self) -> dict[str, Any]:
+        state = self.engine.optimizer.state_dict()
+        return {"zero": {k: v for k, v in state.items() if k not in _ZERO_OBJECT_KEYS}}
+
+    def load_state_dict(self, shared: dict[str, Any], rank_local: dict[str, Any]) -> None:
+        if "zero" not in rank_local:
+            raise ValueError("the checkpoint has no DeepSpeed ZeRO optimizer state for this rank "
+                             "(was it saved by another engine?)")
+        self.engine.optimizer.load_state_dict([rank_local["zero"]], load_optimizer_states=True,
+                                              load_from_fp32_weights=True)
+        self.scheduler.load_state_dict(shared["scheduler"])
+        self.engine.global_steps = shared["global_steps"]
+
+
+def deepspeed_config(path: str, settings: StepSettings, world_size: int) -> dict[str, Any]:
+    """The JSON at `path` with every "auto" value filled from the recipe's settings."""
+    config = json.loads(Path(path).read_text())
+    auto = {"train_micro_batch_size_per_gpu": settings.micro_batch,
+            "gradient_accumulation_steps": settings.grad_accum,
+            "train_batch_size": settings.micro_batch * settings.grad_accum * world_size,
+            "gradient_clipping": settings.grad_clip}
+    for key, value in auto.items():
+        if config.get(key, "auto") == "auto":
+            config[key] = value
+    if config.get("bf16", {}).get("enabled") == "auto":
+        config["bf16"]["enabled"] = settings.bf16
+    config["managed_gradient_accumulation"] = False  # the recipe calls step() once per optimizer step
+    config.setdefault("zero_allow_untested_optimizer", True)  # the recipe's torch AdamW
+    return config
+
+
+Engine = TorchEngine | DeepSpeedEngine
+
+
+def build_engine(runtime: RuntimeConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: Scheduler, rt: Runtime, settings: StepSettings) -> Engine:
+    """The engine named by `runtime.engine` (the process group is already up, see `start_processes`)."""
+    if runtime.engine == "deepspeed":
+        return DeepSpeedEngine(model, optimizer, scheduler, rt, settings, runtime.deepspeed_config)
+    accelerator = None
+    if runtime.engine == "accelerate":
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=rt.device.type == "cpu")
+    return TorchEngine(model, optimizer, scheduler, rt, settings.grad_clip, accelerator)
