@@ -107,3 +107,28 @@ def test_two_ranks_equal_one_rank_with_the_same_global_batch(case, data_dir, one
             a, b = a[len(a) // 2:], b[len(b) // 2:]
         torch.testing.assert_close(a, b, rtol=0, atol=2e-4, msg=key)
     assert (tmp_path / "two" / "pretrain" / "best" / "rank1.pt").is_file()
+
+
+def test_expert_parallel_run_trains_and_its_checkpoint_evaluates_the_same_on_one_process(data_dir, tmp_path):
+    """ep_size=2: each rank holds 2 of the 4 experts; the saved checkpoint names all 4 globally."""
+    from rodpo_dist.config import load_config
+    from rodpo_dist.train.selection import evaluate_checkpoint
+
+    moe = ["moe.enabled=true", "moe.backend=deepspeed", "moe.num_experts=4", "moe.ep_size=2", "moe.top_k=1",
+           "moe.placement=ffn"]
+    train(deepspeed(), tmp_path / "ep", data_dir, "--engine", "deepspeed", f"runtime.deepspeed_config={ZERO.format(2)}",
+          "pretrain.batch_size=16", *moe)
+    run = tmp_path / "ep" / "pretrain"
+    losses = train_losses(tmp_path / "ep")
+    assert losses[-1] < losses[0]
+    weights = load_file(str(run / "best" / "model.safetensors"))
+    experts = sorted({k.split("deepspeed_experts.")[1].split(".")[0] for k in weights if "deepspeed_experts." in k})
+    assert experts == ["0", "1", "2", "3"]
+    # each rank initialised its 2 local experts from the same seed; training on other tokens split them
+    first = next(k for k in weights if "deepspeed_experts.0." in k)
+    assert not torch.equal(weights[first], weights[first.replace("experts.0.", "experts.2.")])
+    # the consolidated checkpoint on one process (ep_size=1) gives the metrics the 2-rank run reported
+    cfg = load_config(REPO / "configs" / "demo.yaml", [*TINY, f"data.prepared_dir={data_dir}", *moe, "moe.ep_size=1"])
+    single = evaluate_checkpoint(cfg, run / "best", ["test"])["test"]
+    reported = json.loads((run / "report.json").read_text())["backbone (test)"]
+    assert single == pytest.approx(reported, abs=1e-9)
