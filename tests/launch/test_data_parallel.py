@@ -8,55 +8,20 @@ the single-process run (up to fp32 summation order through Adam).
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from runs import REPO, TINY, ZERO, accelerate, deepspeed, prepare_tiny, torchrun, train, train_losses
 from safetensors.torch import load_file
-
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-TINY = ["data.synthetic.num_items=200", "data.synthetic.num_users=150", "data.synthetic.num_clusters=8",
-        "data.synthetic.max_seq_len=12", "data.users_per_shard=40", "data.shuffle_buffer=1", "model.hidden=16",
-        "model.heads=1", "model.max_len=10", "model.dropout=0.0", "pretrain.epochs=2", "pretrain.warmup_steps=2",
-        "pretrain.item_chunk=64", "runtime.progress=false", "runtime.log_every=1"]
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def train(launcher: list[str], run_dir: Path, data_dir: Path, *extra: str,
-          env: dict[str, str] | None = None) -> None:
-    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"} | (env or {})
-    cmd = [*launcher, str(REPO / "launch" / "train.py"), "--config", str(REPO / "configs" / "demo.yaml"),
-           *TINY, f"data.prepared_dir={data_dir}", f"runtime.run_dir={run_dir}", *extra]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-
-def train_losses(run_dir: Path) -> list[float]:
-    records = [json.loads(line) for line in (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in records if r["kind"] == "train"]
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from rodpo_dist.config import load_config
-    from rodpo_dist.data.prepare import prepare
-
-    out = tmp_path_factory.mktemp("dp") / "data"
-    cfg = load_config(REPO / "configs" / "demo.yaml", [*TINY, f"data.prepared_dir={out}"])
-    prepare(cfg.data, out, progress=False)
-    return out
+    return prepare_tiny(tmp_path_factory.mktemp("dp") / "data")
 
 
 @pytest.fixture(scope="module")
@@ -66,20 +31,6 @@ def one_rank(data_dir) -> Path:
     return run
 
 
-def torchrun() -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
-
-
-def accelerate() -> list[str]:
-    return [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
-
-
-def deepspeed() -> list[str]:
-    return [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())]
-
-
-ZERO = str(REPO / "configs" / "deepspeed" / "zero{}.json")
 CASES = {
     "torchrun-plain": (torchrun, ["pretrain.batch_size=16"], {}),
     "accelerate": (accelerate, ["--engine", "accelerate", "pretrain.batch_size=16"], {"ACCELERATE_USE_CPU": "true"}),
