@@ -8,7 +8,8 @@
       runtime.deepspeed_config=configs/deepspeed/zero2.json
   sbatch launch/slurm/train_torchrun.sbatch --config configs/demo.yaml     (see launch/slurm/README.md)
 
-Joins the process group from the launcher's environment (gloo on CPU, nccl on GPU), turns
+Joins the process group from the launcher's environment (gloo on CPU, nccl on GPU), prepares
+the dataset when `data.prepared_dir` holds none yet (rank 0; the others wait), turns
 SIGUSR1/SIGTERM into a checkpoint-and-exit between steps (the job is then requeued and continues
 with `--resume auto`), and runs the recipe with the engine of `runtime.engine` (plain,
 accelerate or deepspeed; see rodpo_dist/train/engine.py).
@@ -18,11 +19,26 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
-from rodpo_dist.config import ConfigError, load_config
+from rodpo_dist.config import Config, ConfigError, load_config
 from rodpo_dist.train.runtime import Preemption, init_distributed
+
+
+def prepare_if_missing(cfg: Config) -> None:
+    """A fresh job on the built-in data: rank 0 prepares `data.prepared_dir`, the others wait for it."""
+    if (Path(cfg.data.prepared_dir) / "manifest.json").is_file():
+        return
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    if rank == 0:
+        from rodpo_dist.data.prepare import prepare
+
+        print(f"train.py: preparing {cfg.data.prepared_dir} (data.source={cfg.data.source})", file=sys.stderr)
+        prepare(cfg.data, cfg.data.prepared_dir, progress=False)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     preemption = Preemption().install()
     init_distributed(cfg.runtime.dist_timeout_s)
+    prepare_if_missing(cfg)
     if cfg.stage == "pretrain":
         from rodpo_dist.train.pretrain import pretrain
 

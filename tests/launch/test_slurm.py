@@ -123,3 +123,28 @@ def test_usr1_checkpoints_and_requeues(cluster, allreduce_jobs, tmp_path):
         assert res["restart"] == 1 and res["argv"][:2] == ["--resume", "auto"], res
     text = log.read_text()
     assert "restart 1" in text and "restart 0" in text, text  # one log across both runs
+
+
+TRAIN_JOBS = {
+    "torchrun": ("train_torchrun.sbatch", [], {}),
+    "deepspeed": ("train_deepspeed.sbatch", ["runtime.deepspeed_config=configs/deepspeed/zero2.json"],
+                  {"DS_ACCELERATOR": "cpu"}),
+}
+
+
+@pytest.mark.parametrize("name", list(TRAIN_JOBS))
+def test_sbatch_trains_the_demo_config_on_two_nodes(cluster, allreduce_jobs, tmp_path, name):
+    """The real entry point on the demo config (2 epochs): one rank per node, data prepared in the job."""
+    script, extra, env = TRAIN_JOBS[name]
+    run = tmp_path / "run"
+    jid, log = cluster.submit(script, tmp_path, "--config", "configs/demo.yaml", "pretrain.epochs=2",
+                              f"data.prepared_dir={tmp_path}/data", f"runtime.run_dir={run}",
+                              "runtime.progress=false", *extra, RODPO_ENTRY="launch/train.py", **env)
+    info = cluster.wait(jid, _done, 400, "the training job to finish", log)
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log.read_text()[-4000:]
+    best = run / "pretrain" / "best"
+    assert json.loads((best / "state.json").read_text())["world_size"] == 2
+    assert (best / "rank0.pt").is_file() and (best / "rank1.pt").is_file()
+    report = json.loads((run / "pretrain" / "report.json").read_text())
+    assert report["backbone (test)"]["ndcg@10"] > 0.01  # far above chance (10 / 2000 items)
+    assert f"master {N1_ADDR}:" in log.read_text()
