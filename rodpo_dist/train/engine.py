@@ -146,7 +146,10 @@ class DeepSpeedEngine:
         if "zero" not in rank_local:
             raise ValueError("the checkpoint has no DeepSpeed ZeRO optimizer state for this rank "
                              "(was it saved by another engine?)")
-        self.engine.optimizer.load_state_dict([rank_local["zero"]], load_optimizer_states=True,
+        # a rigid (non-elastic) ZeRO checkpoint: DeepSpeed reads only the entry at this rank's
+        # data-parallel index, which for every index is this rank's own partition
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        self.engine.optimizer.load_state_dict([rank_local["zero"]] * world, load_optimizer_states=True,
                                               load_from_fp32_weights=True)
         self.scheduler.load_state_dict(shared["scheduler"])
         self.engine.global_steps = shared["global_steps"]
@@ -165,6 +168,7 @@ def deepspeed_config(path: str, settings: StepSettings, world_size: int) -> dict
     if config.get("bf16", {}).get("enabled") == "auto":
         config["bf16"]["enabled"] = settings.bf16
     config["managed_gradient_accumulation"] = False  # the recipe calls step() once per optimizer step
+    config.setdefault("zero_optimization", {})["elastic_checkpoint"] = False  # per-rank partitions as saved
     config.setdefault("zero_allow_untested_optimizer", True)  # the recipe's torch AdamW
     return config
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from runs import REPO, command, environment, free_port, prepare_tiny, records, torchrun, train
+from runs import REPO, ZERO, command, environment, free_port, prepare_tiny, records, torchrun, train, train_losses
 from safetensors.torch import load_file
 
 from rodpo_dist.train.checkpoint import resolve_resume
@@ -60,9 +60,16 @@ def workers(agent: subprocess.Popen) -> list[int]:
     return sorted(int(pid) for pid in out.split())
 
 
-def test_sigterm_checkpoints_and_resume_equals_an_uninterrupted_run(data_dir, tmp_path):
-    run = tmp_path / "preempted"
-    job = start(command(torchrun(), run, data_dir, *LONG))
+ENGINES = {"plain": [],
+           # ZeRO-2 partitions and bf16 weights: each rank saves and reloads its own optimizer shard
+           "deepspeed-zero2-bf16": ["--engine", "deepspeed", f"runtime.deepspeed_config={ZERO.format(2)}",
+                                    "pretrain.bf16=true"]}
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_sigterm_checkpoints_and_resume_equals_an_uninterrupted_run(data_dir, tmp_path, engine):
+    run, extra = tmp_path / "preempted", [*LONG, *ENGINES[engine]]
+    job = start(command(torchrun(), run, data_dir, *extra))
     wait_for(lambda: len(records(run, "train")) >= 15, 120, "step 15", job)
     for pid in workers(job):  # SLURM signals every process of the step
         os.kill(pid, signal.SIGTERM)
@@ -72,13 +79,14 @@ def test_sigterm_checkpoints_and_resume_equals_an_uninterrupted_run(data_dir, tm
     assert json.loads((latest / "state.json").read_text())["step"] == event["step"]
     assert not (run / "pretrain" / "report.json").exists()
 
-    train(torchrun(), run, data_dir, *LONG, "--resume", "auto")
-    train(torchrun(), tmp_path / "straight", data_dir, *LONG)
+    train(torchrun(), run, data_dir, *extra, "--resume", "auto")
+    train(torchrun(), tmp_path / "straight", data_dir, *extra)
     resumed = json.loads((run / "pretrain" / "report.json").read_text())
     straight = json.loads((tmp_path / "straight" / "pretrain" / "report.json").read_text())
     assert resumed.keys() == straight.keys()
     for split in straight:
         assert resumed[split] == pytest.approx(straight[split], abs=1e-6), split
+    assert train_losses(run) == pytest.approx(train_losses(tmp_path / "straight"), abs=1e-6)
     a = load_file(str(run / "pretrain" / "best" / "model.safetensors"))
     b = load_file(str(tmp_path / "straight" / "pretrain" / "best" / "model.safetensors"))
     for key in a:
