@@ -1,8 +1,8 @@
 """The benchmark study: the pretrained backbone vs alignment with random / hard / rodpo / sdpo
 negatives, over seeds, checkpoints selected on validation only, reported on test.
 
-Every run adds one JSON record (dataset, method, seed, metrics, false-negative rate, wall time,
-command, hyper-parameters) to `<out>/records.json`; `docs/results.md`-style tables and the PNG
+Every run adds one JSON record (dataset, model variant, method, seed, metrics, false-negative
+rate, wall time, command, hyper-parameters) to `<out>/records.json`; `docs/results.md`-style tables and the PNG
 plots are generated from those records, so anyone can re-check them.
 """
 
@@ -22,6 +22,9 @@ from rodpo_dist.config import Config
 from rodpo_dist.train.run_log import read_metrics
 
 TABLE_METRICS = ["hr@5", "ndcg@5", "mrr@5", "hr@10", "ndcg@10", "mrr@10"]
+# Published SASRec test (NDCG@5, NDCG@10), full ranking, leave-one-out (the S3-Rec paper's protocol)
+PUBLISHED_SASREC = {"Beauty": (0.0249, 0.0318), "Sports_and_Outdoors": (0.0154, 0.0192),
+                    "Toys_and_Games": (0.0306, 0.0374)}
 
 
 def _with(cfg: Config, **sections: dict[str, Any]) -> Config:
@@ -37,6 +40,13 @@ def _with(cfg: Config, **sections: dict[str, Any]) -> Config:
 
 def dataset_name(cfg: Config) -> str:
     return cfg.data.name or cfg.data.source
+
+
+def variant(record: dict[str, Any]) -> str:
+    """The backbone variant of a record: its modalities, and the MoE placement when it has one."""
+    moe = record["hyperparameters"]["moe"]
+    name = "+".join(["id", *record["modalities"]])
+    return f"{name}+moe({moe['placement']})" if moe["enabled"] else name
 
 
 def ensure_prepared(cfg: Config) -> None:
@@ -96,17 +106,31 @@ def write_results_md(out: Path) -> Path:
         rows = [r for r in records if r["dataset"] == name]
         lines += [f"## {name}", "", "Test metrics, mean ± std over seeds; checkpoints selected on validation "
                   f"({rows[0]['selection_metric']}).", "",
-                  results_table(records, name), "", "Hyper-parameters (first record of each method; all in the JSON):", ""]
-        for method in dict.fromkeys(r["method"] for r in rows):
-            hyper = next(r for r in rows if r["method"] == method)["hyperparameters"]
-            keys = ("pretrain",) if method == "backbone" else ("align", "pool")
-            lines.append(f"- {method}: " + "; ".join(f"{k}: {json.dumps(hyper[k])}" for k in keys if k in hyper))
+                  results_table(records, name), ""]
+        if name in PUBLISHED_SASREC:
+            lines += [_versus_published(rows, name), ""]
+        lines += ["Hyper-parameters (first record of each method; all in the JSON):", ""]
+        for name, method in dict.fromkeys((variant(r), r["method"]) for r in rows):
+            hyper = next(r for r in rows if r["method"] == method and variant(r) == name)["hyperparameters"]
+            keys = ("model", "pretrain") if method == "backbone" else ("align", "pool")
+            lines.append(f"- {name} {method}: " + "; ".join(f"{k}: {json.dumps(hyper[k])}" for k in keys if k in hyper))
         lines += ["", "Commands:", ""]
         lines += [f"- `{c}`" for c in sorted({r["command"] for r in rows})]
         lines += [""]
     path = out.with_suffix(".md")
     path.write_text("\n".join(lines))
     return path
+
+
+def _versus_published(rows: list[dict[str, Any]], dataset: str) -> str:
+    ndcg5, ndcg10 = PUBLISHED_SASREC[dataset]
+    parts = []
+    for name in dict.fromkeys(variant(r) for r in rows if r["method"] == "backbone"):
+        rs = [r["test"] for r in rows if r["method"] == "backbone" and variant(r) == name]
+        ours5, ours10 = np.mean([t["ndcg@5"] for t in rs]), np.mean([t["ndcg@10"] for t in rs])
+        parts.append(f"{name} backbone NDCG@5 {ours5:.4f} ({100 * (ours5 / ndcg5 - 1):+.1f}%), "
+                     f"NDCG@10 {ours10:.4f} ({100 * (ours10 / ndcg10 - 1):+.1f}%)")
+    return (f"Published SASRec: test NDCG@5 {ndcg5} / NDCG@10 {ndcg10}. " + "; ".join(parts) + ".")
 
 
 def _record(cfg: Config, method: str, seed: int, result: dict[str, dict[str, float]], seconds: float,
@@ -126,32 +150,34 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
 
 
 def save_records(path: str | Path, new: list[dict[str, Any]]) -> None:
-    """Merge `new` into the records file; a (dataset, method, seed) already there is replaced."""
-    key = lambda r: (r["dataset"], r["method"], r["seed"])  # noqa: E731
+    """Merge `new` into the records file; a (dataset, variant, method, seed) already there is replaced."""
+    key = lambda r: (r["dataset"], variant(r), r["method"], r["seed"])  # noqa: E731
     merged = {key(r): r for r in load_records(path)} | {key(r): r for r in new}
     Path(path).write_text(json.dumps(sorted(merged.values(), key=key), indent=1) + "\n")
 
 
 def results_table(records: list[dict[str, Any]], dataset: str) -> str:
-    """Markdown: test metrics mean ± std over seeds per method, relative change vs the backbone."""
+    """Markdown: test metrics mean ± std over seeds per variant and method, change vs that variant's backbone."""
     rows = [r for r in records if r["dataset"] == dataset]
-    methods = [m for m in ("backbone", "random", "hard", "rodpo", "sdpo") if any(r["method"] == m for r in rows)]
-    by_method = {m: [r for r in rows if r["method"] == m] for m in methods}
-    base = {k: np.mean([r["test"][k] for r in by_method.get("backbone", [])] or [np.nan]) for k in TABLE_METRICS}
-    head = ["method", "seeds", *TABLE_METRICS, "NDCG@5 vs backbone", "false-neg. rate", "time (s)"]
+    head = ["variant", "method", "seeds", *TABLE_METRICS, "NDCG@5 vs backbone", "false-neg. rate", "time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m in methods:
-        rs = by_method[m]
-        cells = [m, str(len(rs))]
-        for k in TABLE_METRICS:
-            vals = [r["test"][k] for r in rs]
-            cells.append(f"{np.mean(vals):.4f} ± {np.std(vals):.4f}")
-        mean5 = np.mean([r["test"]["ndcg@5"] for r in rs])
-        cells.append("—" if m == "backbone" else f"{100 * (mean5 / base['ndcg@5'] - 1):+.2f}%")
-        fns = [r["false_negative_rate"] for r in rs if r.get("false_negative_rate") is not None]
-        cells.append(f"{np.mean(fns):.3f}" if fns else "—")
-        cells.append(f"{np.mean([r['wall_time_s'] for r in rs]):.0f}")
-        lines.append("| " + " | ".join(cells) + " |")
+    for name in dict.fromkeys(variant(r) for r in rows):
+        of_variant = [r for r in rows if variant(r) == name]
+        base = np.mean([r["test"]["ndcg@5"] for r in of_variant if r["method"] == "backbone"] or [np.nan])
+        for m in ("backbone", "random", "hard", "rodpo", "sdpo"):
+            rs = [r for r in of_variant if r["method"] == m]
+            if not rs:
+                continue
+            cells = [name, m, str(len(rs))]
+            for k in TABLE_METRICS:
+                vals = [r["test"][k] for r in rs]
+                cells.append(f"{np.mean(vals):.4f} ± {np.std(vals):.4f}")
+            mean5 = np.mean([r["test"]["ndcg@5"] for r in rs])
+            cells.append("—" if m == "backbone" else f"{100 * (mean5 / base - 1):+.2f}%")
+            fns = [r["false_negative_rate"] for r in rs if r.get("false_negative_rate") is not None]
+            cells.append(f"{np.mean(fns):.3f}" if fns else "—")
+            cells.append(f"{np.mean([r['wall_time_s'] for r in rs]):.0f}")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -1,11 +1,11 @@
 from rodpo_dist.study import load_records, results_table, save_records, write_results_md
 
 
-def _rec(method, seed, ndcg5, fn=None):
+def _rec(method, seed, ndcg5, fn=None, modalities=("text",), moe=False):
     test = {k: 0.1 for k in ("hr@5", "mrr@5", "hr@10", "ndcg@10", "mrr@10")} | {"ndcg@5": ndcg5}
     return {"dataset": "Toy", "method": method, "seed": seed, "valid": test, "test": test, "false_negative_rate": fn,
-            "wall_time_s": 10.0, "command": "rodpo study --config x.yaml", "modalities": ["text"],
-            "selection_metric": "ndcg@10", "hyperparameters": {}}
+            "wall_time_s": 10.0, "command": "rodpo study --config x.yaml", "modalities": list(modalities),
+            "selection_metric": "ndcg@10", "hyperparameters": {"moe": {"enabled": moe, "placement": "ffn"}}}
 
 
 def test_records_merge_and_table_reports_mean_std_and_relative_change(tmp_path):
@@ -17,7 +17,17 @@ def test_records_merge_and_table_reports_mean_std_and_relative_change(tmp_path):
     assert len(load_records(out / "records.json")) == 4
     table = results_table(load_records(out / "records.json"), "Toy")
     backbone, rodpo = table.splitlines()[2:]
-    assert "| backbone | 2 | 0.1000 ± 0.0000 | 0.1100 ± 0.0100 |" in backbone
+    assert "| id+text | backbone | 2 | 0.1000 ± 0.0000 | 0.1100 ± 0.0100 |" in backbone
     assert "0.1150 ± 0.0050" in rodpo and "+4.55%" in rodpo and "| 0.300 |" in rodpo
     md = write_results_md(out).read_text()
     assert "## Toy" in md and "`rodpo study --config x.yaml`" in md
+
+
+def test_variants_are_kept_apart_and_compared_with_their_own_backbone(tmp_path):
+    path = tmp_path / "records.json"
+    save_records(path, [_rec("backbone", 0, 0.10), _rec("backbone", 0, 0.05, modalities=()),
+                        _rec("backbone", 0, 0.20, moe=True), _rec("rodpo", 0, 0.06, modalities=())])
+    rows = results_table(load_records(path), "Toy").splitlines()[2:]
+    assert [r.split(" | ")[:2] for r in rows] == [["| id", "backbone"], ["| id", "rodpo"], ["| id+text", "backbone"],
+                                                  ["| id+text+moe(ffn)", "backbone"]]
+    assert "+20.00%" in rows[1]  # 0.06 vs the ID-only backbone's 0.05
