@@ -78,14 +78,16 @@ def align(cfg: Config, resume: str | None = None,
     scheduler = build_scheduler(optimizer, a.warmup_steps, steps_per_epoch * a.epochs, "cosine")
     engine = build_engine(cfg.runtime, policy, optimizer, scheduler, rt,
                           StepSettings(a.batch_size, a.grad_accum, a.grad_clip, bf16=False))
-    sampler = torch.Generator().manual_seed(cfg.runtime.seed)
+    # negatives are drawn per rank (each rank has its own contexts): one stream per rank, saved per rank
+    sampler = torch.Generator().manual_seed(cfg.runtime.seed + 7919 * rt.rank)
 
     state = TrainState()
     start = resolve_resume(run_dir, resume)
     if start is not None:
         state, trainer, own = load_checkpoint(start, policy, rt)
         engine.load_state_dict(trainer, own)
-        sampler.set_state(trainer["sampler"])
+        if "sampler" in own:  # absent when resumed on another number of ranks
+            sampler.set_state(own.pop("sampler"))
         if pool is not None and "pool_ids" in trainer:
             pool.ids, pool.scores = trainer["pool_ids"], trainer["pool_scores"]
             pool.refreshed_at = state.extra["pool_refreshed_at"]
@@ -96,12 +98,12 @@ def align(cfg: Config, resume: str | None = None,
         save_config(cfg, run_dir / "config.yaml")
 
     def checkpoint(name: str | None = None) -> None:
-        trainer = {**engine.state_dict(), "sampler": sampler.get_state()}
+        trainer = engine.state_dict()
         if pool is not None and pool.refreshed_at is not None:
             trainer |= {"pool_ids": pool.ids, "pool_scores": pool.scores}
             state.extra["pool_refreshed_at"] = pool.refreshed_at
         save_checkpoint(run_dir, state, policy, trainer, keep=cfg.runtime.keep_checkpoints, name=name,
-                        rank_trainer=engine.rank_state_dict(), rt=rt)
+                        rank_trainer={**engine.rank_state_dict(), "sampler": sampler.get_state()}, rt=rt)
 
     def validate() -> dict[str, float]:
         return evaluate_splits(policy, data, cfg, rt, ("valid",))["valid"]

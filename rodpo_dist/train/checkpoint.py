@@ -171,8 +171,8 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module,
                     rt: Runtime | None = None) -> tuple[TrainState, dict[str, Any], dict[str, Any]]:
     """Load weights into `model`; return the train state, the shared and this rank's trainer dicts.
 
-    This rank's RNG states are restored. A run resumed on another number of ranks takes rank 0's
-    RNG states, unless the ranks saved more than that (ZeRO partitions): then it is an error.
+    This rank's RNG states are restored. A run resumed on another number of ranks gets rank 0's RNG
+    states and no per-rank state (an engine that needs its own partition then says so).
     """
     rt = rt or Runtime(torch.device("cpu"))
     path = Path(path)
@@ -180,13 +180,9 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module,
         raise CheckpointError(f"checkpoint {path} is missing or incomplete")
     load_weights(path, model)
     trainer = torch.load(path / "trainer.pt", weights_only=True, map_location="cpu")
-    saved_world = _saved_world_size(path)
-    rank_file = path / f"rank{rt.rank if saved_world == rt.world_size else 0}.pt"
-    rank_trainer = torch.load(rank_file, weights_only=True, map_location="cpu")
+    same_world = _saved_world_size(path) == rt.world_size
+    rank_trainer = torch.load(path / f"rank{rt.rank if same_world else 0}.pt", weights_only=True, map_location="cpu")
     set_rng_state(rank_trainer.pop("rng"))
-    if saved_world != rt.world_size and rank_trainer:
-        raise CheckpointError(f"checkpoint {path} was saved by {saved_world} ranks with per-rank optimizer state "
-                              f"({sorted(rank_trainer)}); resume it on {saved_world} ranks, not {rt.world_size}")
     fields = json.loads((path / STATE).read_text())
     fields.pop("world_size", None)
-    return TrainState(**fields), trainer, rank_trainer
+    return TrainState(**fields), trainer, rank_trainer if same_world else {}

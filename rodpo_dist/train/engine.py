@@ -144,8 +144,8 @@ class DeepSpeedEngine:
 
     def load_state_dict(self, shared: dict[str, Any], rank_local: dict[str, Any]) -> None:
         if "zero" not in rank_local:
-            raise ValueError("the checkpoint has no DeepSpeed ZeRO optimizer state for this rank "
-                             "(was it saved by another engine?)")
+            raise ValueError("the checkpoint has no DeepSpeed ZeRO optimizer state for this rank: it was saved "
+                             "by another engine or another number of ranks; resume it as it was saved")
         # a rigid (non-elastic) ZeRO checkpoint: DeepSpeed reads only the entry at this rank's
         # data-parallel index, which for every index is this rank's own partition
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1

@@ -61,8 +61,8 @@ def records(run_dir: Path, kind: str, stage: str = "pretrain") -> list[dict]:
     return [r for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == kind]
 
 
-def train_losses(run_dir: Path) -> list[float]:
-    return [r["loss"] for r in records(run_dir, "train")]
+def train_losses(run_dir: Path, stage: str = "pretrain") -> list[float]:
+    return [r["loss"] for r in records(run_dir, "train", stage)]
 
 
 def prepare_tiny(out: Path) -> Path:

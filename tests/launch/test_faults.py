@@ -60,35 +60,48 @@ def workers(agent: subprocess.Popen) -> list[int]:
     return sorted(int(pid) for pid in out.split())
 
 
-ENGINES = {"plain": [],
-           # ZeRO-2 partitions and bf16 weights: each rank saves and reloads its own optimizer shard
-           "deepspeed-zero2-bf16": ["--engine", "deepspeed", f"runtime.deepspeed_config={ZERO.format(2)}",
-                                    "pretrain.bf16=true"]}
+@pytest.fixture(scope="module")
+def backbone(data_dir) -> Path:
+    run = data_dir.parent / "backbone"
+    train([sys.executable], run, data_dir, "pretrain.batch_size=16")
+    return run / "pretrain" / "best"
 
 
-@pytest.mark.parametrize("engine", list(ENGINES))
-def test_sigterm_checkpoints_and_resume_equals_an_uninterrupted_run(data_dir, tmp_path, engine):
-    run, extra = tmp_path / "preempted", [*LONG, *ENGINES[engine]]
+ALIGN = ["stage=align", "align.batch_size=16", "align.epochs=6", "pool.k=10", "pool.refresh_steps=4"]
+CASES = {  # stage folder, arguments
+    "pretrain-plain": ("pretrain", LONG),
+    # ZeRO-2 partitions and bf16 weights: each rank saves and reloads its own optimizer shard
+    "pretrain-deepspeed-zero2-bf16": ("pretrain", [*LONG, "--engine", "deepspeed",
+                                                   f"runtime.deepspeed_config={ZERO.format(2)}", "pretrain.bf16=true"]),
+    # the candidate pool, and each rank's own negative-sampling stream
+    "align-rodpo-plain": ("align-rodpo", [*ALIGN, "runtime.checkpoint_every=1000"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sigterm_checkpoints_and_resume_equals_an_uninterrupted_run(data_dir, backbone, tmp_path, case):
+    stage, extra = CASES[case]
+    run, extra = tmp_path / "preempted", [*extra, f"init={backbone}"]
     job = start(command(torchrun(), run, data_dir, *extra))
-    wait_for(lambda: len(records(run, "train")) >= 15, 120, "step 15", job)
+    wait_for(lambda: len(records(run, "train", stage)) >= 15, 120, "step 15", job)
     for pid in workers(job):  # SLURM signals every process of the step
         os.kill(pid, signal.SIGTERM)
     assert job.wait(timeout=60) == 0, job.stdout.read()[-3000:]
-    [event] = [r for r in records(run, "event") if r.get("preempted")]
-    latest = resolve_resume(run / "pretrain", "auto")
+    [event] = [r for r in records(run, "event", stage) if r.get("preempted")]
+    latest = resolve_resume(run / stage, "auto")
     assert json.loads((latest / "state.json").read_text())["step"] == event["step"]
-    assert not (run / "pretrain" / "report.json").exists()
+    assert not (run / stage / "report.json").exists()
 
     train(torchrun(), run, data_dir, *extra, "--resume", "auto")
     train(torchrun(), tmp_path / "straight", data_dir, *extra)
-    resumed = json.loads((run / "pretrain" / "report.json").read_text())
-    straight = json.loads((tmp_path / "straight" / "pretrain" / "report.json").read_text())
+    resumed = json.loads((run / stage / "report.json").read_text())
+    straight = json.loads((tmp_path / "straight" / stage / "report.json").read_text())
     assert resumed.keys() == straight.keys()
     for split in straight:
         assert resumed[split] == pytest.approx(straight[split], abs=1e-6), split
-    assert train_losses(run) == pytest.approx(train_losses(tmp_path / "straight"), abs=1e-6)
-    a = load_file(str(run / "pretrain" / "best" / "model.safetensors"))
-    b = load_file(str(tmp_path / "straight" / "pretrain" / "best" / "model.safetensors"))
+    assert train_losses(run, stage) == pytest.approx(train_losses(tmp_path / "straight", stage), abs=1e-6)
+    a = load_file(str(run / stage / "best" / "model.safetensors"))
+    b = load_file(str(tmp_path / "straight" / stage / "best" / "model.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
 
