@@ -77,7 +77,8 @@ def align(cfg: Config, resume: str | None = None,
     steps_per_epoch = math.ceil(per_rank / (a.batch_size * a.grad_accum))
     scheduler = build_scheduler(optimizer, a.warmup_steps, steps_per_epoch * a.epochs, "cosine")
     engine = build_engine(cfg.runtime, policy, optimizer, scheduler, rt,
-                          StepSettings(a.batch_size, a.grad_accum, a.grad_clip, bf16=False))
+                          StepSettings(a.batch_size, a.grad_accum, a.grad_clip, a.bf16))
+    autocast = torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=a.bf16)
     # negatives are drawn per rank (each rank has its own contexts): one stream per rank, saved per rank
     sampler = torch.Generator().manual_seed(cfg.runtime.seed + 7919 * rt.rank)
 
@@ -119,10 +120,11 @@ def align(cfg: Config, resume: str | None = None,
     def micro_step(index: torch.Tensor, weight: float) -> dict[str, float]:
         seq, exclude, pos = contexts.batch(index.tolist(), cfg.model.max_len, exclude_target=True)
         seq, pos = seq.to(rt.device), pos.to(rt.device)
-        out = policy(seq)
-        h = out.hidden[:, -1]
-        with torch.no_grad():
-            h_ref = reference.user_state(seq)
+        with autocast:  # the transformer in bf16 when align.bf16; scores and losses in fp32
+            out = policy(seq)
+            with torch.no_grad():
+                h_ref = reference.user_state(seq)
+        h, h_ref = out.hidden[:, -1].float(), h_ref.float()
         pool_ids, pool_scores = pool.rows(index) if pool is not None else (None, None)
         neg = select_negatives(a.strategy, pool_ids=pool_ids, pool_scores=pool_scores, exclude=exclude,
                                num_items=num_items, m=a.num_negatives, sampling=a.sampling,
@@ -130,7 +132,7 @@ def align(cfg: Config, resume: str | None = None,
         ids = torch.cat([pos[:, None], neg], dim=1)
         unique, inverse = ids.unique(return_inverse=True)
         ref_scores = (h_ref[:, None, :] * ref_table[ids]).sum(-1)
-        dpo = dpo_loss(h, None, policy.item_encoder(unique), inverse[:, 0], inverse[:, 1:], a.beta,
+        dpo = dpo_loss(h, None, policy.item_encoder(unique).float(), inverse[:, 0], inverse[:, 1:], a.beta,
                        ref_scores=(ref_scores[:, 0], ref_scores[:, 1:]), variant=variant,
                        label_smoothing=a.label_smoothing)
         loss = dpo.loss + cfg.moe.aux_weight * out.aux_loss

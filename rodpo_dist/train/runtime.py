@@ -72,7 +72,7 @@ class Preemption:
 
     def requested(self, rt: Runtime) -> bool:
         """True on every rank as soon as any rank got a signal (ranks see it at different steps)."""
-        flag = torch.tensor([float(bool(self.received))])
+        flag = torch.tensor([float(bool(self.received))], device=rt.device)  # nccl needs a GPU tensor
         if rt.world_size > 1:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
