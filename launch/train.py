@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -28,17 +29,23 @@ from rodpo_dist.train.runtime import Preemption, init_distributed
 
 
 def prepare_if_missing(cfg: Config) -> None:
-    """A fresh job on the built-in data: rank 0 prepares `data.prepared_dir`, the others wait for it."""
+    """A fresh job on the built-in data: rank 0 prepares `data.prepared_dir`, the others wait for it.
+
+    The wait is a gloo barrier of its own with a long timeout (preparing a large catalog can take
+    longer than `runtime.dist_timeout_s`); it still ends at once if rank 0 dies.
+    """
     if (Path(cfg.data.prepared_dir) / "manifest.json").is_file():
         return
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    if rank == 0:
+    dist = torch.distributed
+    waiting = dist.new_group(backend="gloo", timeout=timedelta(hours=6)) if dist.is_initialized() else None
+    if not dist.is_initialized() or dist.get_rank() == 0:
         from rodpo_dist.data.prepare import prepare
 
         print(f"train.py: preparing {cfg.data.prepared_dir} (data.source={cfg.data.source})", file=sys.stderr)
         prepare(cfg.data, cfg.data.prepared_dir, progress=False)
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    if waiting is not None:
+        dist.barrier(group=waiting)
+        dist.destroy_process_group(waiting)
 
 
 def main(argv: list[str] | None = None) -> int:

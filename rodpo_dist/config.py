@@ -356,6 +356,9 @@ def _check_ranges(cfg: Config, problems: list[str]) -> None:
              f"runtime.deepspeed_config: {cfg.runtime.deepspeed_config} does not exist")
     need(cfg.runtime.engine != "deepspeed" or bool(cfg.runtime.deepspeed_config),
          "runtime.deepspeed_config: required with runtime.engine=deepspeed (e.g. configs/deepspeed/zero2.json)")
+    need(not (cfg.moe.enabled and cfg.moe.ep_size > 1) or not cfg.moe.drop_tokens,
+         "moe.drop_tokens: must be false with moe.ep_size > 1 (ranks hold batches of different lengths; "
+         "only without dropping do they agree on the expert capacity)")
     need(not (cfg.moe.enabled and cfg.moe.ep_size > 1) or cfg.runtime.engine == "deepspeed",
          f"moe.ep_size={cfg.moe.ep_size} (expert parallelism) needs runtime.engine=deepspeed: only DeepSpeed "
          f"reduces expert gradients over the expert-data-parallel group")

@@ -40,6 +40,29 @@ def _parallel_layers(model: nn.Module) -> dict[str, _Layer]:
             for name, module in model.named_modules() if isinstance(module, MoE) and module.ep_size > 1}
 
 
+def join_expert_groups(model: nn.Module, attach: bool = False) -> None:
+    """Create (or join) the expert-parallel process groups of the model's MoE layers now (a collective).
+
+    `deepspeed.initialize` does this for the model it wraps, but a checkpoint is loaded (by local
+    expert index) before that. `attach=True` also hands the groups to the layers, for a model no
+    engine will wrap (the frozen reference policy); DeepSpeed refuses to attach them twice.
+    """
+    from deepspeed.moe.layer import MoE
+    from deepspeed.utils import groups
+
+    layers = [m for m in model.modules() if isinstance(m, MoE) and m.ep_size > 1]
+    if not layers:
+        return
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=dist.get_backend())  # wraps the running process group
+    for layer in layers:
+        if attach:
+            layer.set_deepspeed_parallelism()
+        elif layer.expert_group_name not in groups._get_expert_parallel_group_dict():
+            groups._create_expert_and_data_parallel(layer.ep_size)
+
+
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state with every expert present under its global index (collective when ep > 1)."""
     layers = _parallel_layers(model)

@@ -9,7 +9,6 @@ validation, and finally evaluate it on test.
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from rodpo_dist.data import GroundTruth, load_split
 from rodpo_dist.data.synthetic import TRUTH_FILE
 from rodpo_dist.eval.evaluate import Contexts
 from rodpo_dist.model import optimizer_param_groups
+from rodpo_dist.model.expert_parallel import join_expert_groups
 from rodpo_dist.train.checkpoint import TrainState, load_checkpoint, load_weights, resolve_resume, save_checkpoint
 from rodpo_dist.train.losses import chunked_cross_entropy
 from rodpo_dist.train.engine import StepSettings, build_engine
@@ -61,9 +61,11 @@ def align(cfg: Config, resume: str | None = None,
     seed_everything(cfg.runtime.seed)
 
     data = load_dataset(cfg)
-    policy = make_model(cfg, data, rt.device)
+    policy, reference = (make_model(cfg, data, rt.device) for _ in range(2))
     load_weights(cfg.init, policy)
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    load_weights(cfg.init, reference)
+    join_expert_groups(reference, attach=True)  # no engine wraps the reference
+    reference.eval().requires_grad_(False)
     ref_table = reference.item_encoder.item_table(cfg.eval.item_chunk)  # frozen: computed once
     truth = GroundTruth.load(data.dir) if (data.dir / TRUTH_FILE).is_file() else None
 
@@ -121,7 +123,7 @@ def align(cfg: Config, resume: str | None = None,
         seq, exclude, pos = contexts.batch(index.tolist(), cfg.model.max_len, exclude_target=True)
         seq, pos = seq.to(rt.device), pos.to(rt.device)
         with autocast:  # the transformer in bf16 when align.bf16; scores and losses in fp32
-            out = policy(seq)
+            out = engine.trainee(seq)
             with torch.no_grad():
                 h_ref = reference.user_state(seq)
         h, h_ref = out.hidden[:, -1].float(), h_ref.float()
@@ -162,8 +164,12 @@ def align(cfg: Config, resume: str | None = None,
             if pool is not None and (pool.due(state.step, cfg.pool.refresh_steps)
                                      or (cfg.pool.refresh_each_epoch and state.batch_in_epoch == 0)):
                 refresh_pool()
-            rows = [micro_step(idx, len(idx) / len(group)) for idx in group.split(a.batch_size) if len(idx)]
-            if not rows:  # no data left on this rank: a zero-weighted filler keeps the collectives matched
+            # exactly `grad_accum` passes on every rank (zero-weighted fillers where its data ran
+            # out), each weighted by its share of the global batch
+            parts = [idx for idx in group.split(a.batch_size) if len(idx)]
+            total = float(rt.sum(torch.tensor(float(len(group)), device=rt.device)))
+            rows = [micro_step(idx, rt.world_size * len(idx) / total) for idx in parts]
+            for _ in range(a.grad_accum - len(parts)):
                 micro_step(order[:1], 0.0)
             grad_norm = engine.step()
             finish_step(state)

@@ -76,6 +76,18 @@ def _fsync_files(folder: Path) -> None:
     _fsync_dir(folder)
 
 
+def _clean_up_killed_saves(run_dir: Path) -> None:
+    """Remove what a process killed while saving left; restore a named checkpoint set aside."""
+    for stale in run_dir.glob(".*.tmp*"):
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    for old in run_dir.glob(".*.old"):
+        final = run_dir / old.name[1:-len(".old")]
+        if final.exists():
+            shutil.rmtree(old)
+        else:
+            os.rename(old, final)
+
+
 def save_checkpoint(run_dir: str | Path, state: TrainState, model: torch.nn.Module, trainer: dict[str, Any],
                     keep: int = 2, name: str | None = None, rank_trainer: dict[str, Any] | None = None,
                     rt: Runtime | None = None) -> Path:
@@ -92,20 +104,24 @@ def save_checkpoint(run_dir: str | Path, state: TrainState, model: torch.nn.Modu
     weights = full_state_dict(model)  # a collective under expert parallelism
     if rt.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in run_dir.glob(".*.tmp*"):  # left by a process killed while saving
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        _clean_up_killed_saves(run_dir)
         tmp.mkdir()
     rt.barrier()
-    torch.save({**(rank_trainer or {}), "rng": rng_state()}, tmp / f"rank{rt.rank}.pt")
+    own = tmp / f"rank{rt.rank}.pt"
+    torch.save({**(rank_trainer or {}), "rng": rng_state()}, own)
+    with open(own, "rb") as fh:  # synced by its writer: ranks may sit on other nodes
+        os.fsync(fh.fileno())
     rt.barrier()
     if rt.is_main:
         save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
         torch.save(trainer, tmp / "trainer.pt")
         (tmp / STATE).write_text(json.dumps({**state.__dict__, "world_size": rt.world_size}, indent=1))
         _fsync_files(tmp)
-        if final.exists():
-            shutil.rmtree(final)
+        old = run_dir / f".{final.name}.old"
+        if final.exists():  # a named checkpoint (`best`) is replaced: set aside, swap in, delete
+            os.rename(final, old)
         os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
         if name is None:
             pointer = run_dir / f".{LATEST}.tmp"
             pointer.write_text(final.name)
@@ -121,14 +137,15 @@ def _prune(run_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _saved_world_size(path: Path) -> int:
-    return int(json.loads((path / STATE).read_text()).get("world_size", 1))
+def _saved_world_size(path: Path) -> int | None:
+    """Ranks that saved `path`; None for a checkpoint of the single-file layout (RNG in trainer.pt)."""
+    return json.loads((path / STATE).read_text()).get("world_size")
 
 
 def _complete(path: Path) -> bool:
     if not all((path / f).is_file() for f in (STATE, "model.safetensors", "trainer.pt")):
         return False
-    return all((path / f"rank{r}.pt").is_file() for r in range(_saved_world_size(path)))
+    return all((path / f"rank{r}.pt").is_file() for r in range(_saved_world_size(path) or 0))
 
 
 def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
@@ -180,8 +197,13 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module,
         raise CheckpointError(f"checkpoint {path} is missing or incomplete")
     load_weights(path, model)
     trainer = torch.load(path / "trainer.pt", weights_only=True, map_location="cpu")
-    same_world = _saved_world_size(path) == rt.world_size
-    rank_trainer = torch.load(path / f"rank{rt.rank if same_world else 0}.pt", weights_only=True, map_location="cpu")
+    saved_world = _saved_world_size(path)
+    same_world = saved_world == rt.world_size
+    if saved_world is None:  # the single-file layout of earlier versions
+        rank_trainer = {"rng": trainer.pop("rng")}
+    else:
+        rank_trainer = torch.load(path / f"rank{rt.rank if same_world else 0}.pt", weights_only=True,
+                                  map_location="cpu")
     set_rng_state(rank_trainer.pop("rng"))
     fields = json.loads((path / STATE).read_text())
     fields.pop("world_size", None)

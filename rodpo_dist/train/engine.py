@@ -3,19 +3,25 @@
 One interface for the three `runtime.engine` values, so the recipes read the same for all:
 
   plain       torch.distributed by hand: gradients averaged over ranks with all-reduce.
-  accelerate  Hugging Face Accelerate owns the process group, device placement, `backward` and
-              clipping; gradients are averaged with `accelerator.reduce`. The model is not wrapped
-              in DDP on purpose: ranks may run different numbers of micro-batches, experts may get
-              no token, and the tied item table is used outside `forward` (chunked softmax, DPO
-              item lookups), none of which DDP's bucketed hooks tolerate.
+  accelerate  Hugging Face Accelerate runs `backward` and clipping and averages the gradients
+              (`accelerator.reduce`); the process group comes from the launcher's environment as
+              for the others. The model is not wrapped in DDP on purpose: experts may get no
+              token on a rank, and the tied item table is used outside `forward` (chunked softmax,
+              DPO item lookups), which DDP's bucketed hooks do not tolerate.
   deepspeed   `deepspeed.initialize` with a ZeRO-1/2 JSON (`runtime.deepspeed_config`, see
               configs/deepspeed/); required for DeepSpeed-MoE expert parallelism (`moe.ep_size` > 1),
               whose expert gradients are reduced over the expert-data-parallel group only. Runs with
               `managed_gradient_accumulation: false`: every `step()` is an accumulation boundary.
+              Training forwards go through `DeepSpeedEngine.forward` (`engine.trainee`: it resets
+              ZeRO's per-pass state and hooks the backward prologue); the recipes run the same
+              number of forward/backward passes on every rank, as ZeRO-2 and the expert all-to-all
+              require.
 
+`engine.trainee` is what a training forward calls (attribute access reaches the model either way).
 Every engine's loss is the recipe's already-normalised loss (global token or sample counts), so
 `backward` never rescales it. `state_dict()` is what rank 0 saves for everyone; `rank_state_dict()`
-what each rank saves for itself (DeepSpeed's ZeRO optimizer partitions).
+what each rank saves for itself (DeepSpeed's ZeRO optimizer partitions). A run resumes with the
+engine that saved it.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class TorchEngine:
                  rt: Runtime, grad_clip: float, accelerator: Any = None) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.rt, self.grad_clip, self.accelerator = rt, grad_clip, accelerator
+        self.trainee = model
 
     def backward(self, loss: torch.Tensor) -> None:
         if self.accelerator is not None:
@@ -95,6 +102,9 @@ class TorchEngine:
         return {}
 
     def load_state_dict(self, shared: dict[str, Any], rank_local: dict[str, Any]) -> None:
+        if "optimizer" not in shared:
+            raise ValueError("the checkpoint holds no torch optimizer state: it was saved by the deepspeed "
+                             "engine; resume it with runtime.engine=deepspeed")
         self.optimizer.load_state_dict(shared["optimizer"])
         self.scheduler.load_state_dict(shared["scheduler"])
 
@@ -107,7 +117,8 @@ def _mean_all_reduce(world_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 # ZeRO optimizer state entries that are Python objects, not tensors: left out of the saved state so
-# that loading needs no unpickling (`weights_only=True`); DeepSpeed restores them from its defaults.
+# that loading needs no unpickling (`weights_only=True`); DeepSpeed restores them from its defaults
+# (for fp16 that restarts the dynamic loss scale; fp32 and bf16, the CPU options, have none).
 _ZERO_OBJECT_KEYS = ("loss_scaler", "zero_stage", "param_slice_mappings")
 
 
@@ -121,7 +132,8 @@ class DeepSpeedEngine:
         config = deepspeed_config(config_path, settings, rt.world_size)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                     config=config)
-        self.model, self.scheduler = model, scheduler
+        self.scheduler = scheduler
+        self.trainee = self.engine
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)
@@ -178,7 +190,7 @@ Engine = TorchEngine | DeepSpeedEngine
 
 def build_engine(runtime: RuntimeConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: Scheduler, rt: Runtime, settings: StepSettings) -> Engine:
-    """The engine named by `runtime.engine` (the process group is already up, see `start_processes`)."""
+    """The engine named by `runtime.engine` (the process group is already up: `runtime.init_distributed`)."""
     if runtime.engine == "deepspeed":
         return DeepSpeedEngine(model, optimizer, scheduler, rt, settings, runtime.deepspeed_config)
     accelerator = None

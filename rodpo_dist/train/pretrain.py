@@ -29,7 +29,7 @@ from rodpo_dist.train.runtime import Preemption, Runtime, seed_everything
 from rodpo_dist.train.setup import load_dataset, make_model
 
 
-FILLER = torch.tensor([[1, 1]])  # a one-target sequence for a rank without data this step
+FILLER = torch.tensor([[1, 1]])  # a one-target sequence for a pass without data on this rank
 
 
 def _groups(batches: Iterator[dict], size: int) -> Iterator[list[dict]]:
@@ -86,20 +86,22 @@ def pretrain(cfg: Config, resume: str | None = None,
         tic, seen = time.perf_counter(), 0
         for _ in islice(groups, state.batch_in_epoch):  # resume: skip the groups already trained on
             pass
-        # every rank takes the same number of steps and backward passes (an exhausted rank runs one
-        # zero-weighted filler batch), so the collectives stay matched however the samples split
+        # every rank takes the same number of steps, each of exactly `grad_accum` forward/backward
+        # passes (zero-weighted filler batches where its data ran out): ZeRO-2 reduces and
+        # expert parallelism exchanges tokens in every pass, so the counts must match
         for _ in range(state.batch_in_epoch, steps_per_epoch):
             seqs = [b["seq"].to(rt.device) for b in next(groups, [])]
-            tokens = rt.sum(sum(((s[:, :-1] > 0) & (s[:, 1:] > 0)).sum() for s in seqs).float())
+            local_tokens = sum((((s[:, :-1] > 0) & (s[:, 1:] > 0)).sum() for s in seqs), torch.zeros((), device=rt.device))
+            tokens = rt.sum(local_tokens.float())
             weight = rt.world_size / tokens.clamp(min=1)  # engines average gradients over ranks
             totals = torch.zeros(2, device=rt.device)  # summed CE, mean aux loss over this rank's micro-batches
-            for seq in seqs or [FILLER.to(rt.device)]:
+            for i in range(p.grad_accum):
                 with autocast:
-                    ce_sum, aux = next_item_loss(model, seq, cfg)
-                if not seqs:
+                    ce_sum, aux = next_item_loss(engine.trainee, seqs[i] if i < len(seqs) else FILLER.to(rt.device), cfg)
+                if i >= len(seqs):
                     engine.backward((ce_sum + aux) * 0.0)
                     continue
-                engine.backward(ce_sum * weight + cfg.moe.aux_weight * aux / len(seqs) * rt.world_size)
+                engine.backward(ce_sum * weight + cfg.moe.aux_weight * aux / len(seqs))
                 totals += torch.stack([ce_sum.detach().float(), aux.detach().float() / len(seqs)])
             grad_norm = engine.step()
             finish_step(state)

@@ -11,6 +11,7 @@ from rodpo_dist.config import Config
 from rodpo_dist.data import Manifest, load_item_features, load_manifest, load_split
 from rodpo_dist.eval.evaluate import Contexts
 from rodpo_dist.model import SASRec, build_model
+from rodpo_dist.model.expert_parallel import join_expert_groups
 
 
 @dataclass
@@ -35,5 +36,9 @@ def load_dataset(cfg: Config) -> Dataset:
 
 
 def make_model(cfg: Config, data: Dataset, device: torch.device) -> SASRec:
+    """The model for `data`, its expert-parallel groups joined (so checkpoints can be loaded into it)."""
     modalities = {m: data.manifest.modalities[m] for m in data.features}
-    return build_model(cfg, modalities, data.features, data.manifest.num_items).to(device)
+    model = build_model(cfg, modalities, data.features, data.manifest.num_items).to(device)
+    if cfg.moe.enabled and cfg.moe.ep_size > 1:
+        join_expert_groups(model)
+    return model
