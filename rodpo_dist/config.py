@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -210,6 +211,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
     """Check `value` against type `tp`; returns the (lightly converted) value or None on error."""
     origin = typing.get_origin(tp)
@@ -241,6 +245,8 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):  # YAML 1.1 reads 2e-5 as a string
             return float(value)
     elif tp is str:
         if isinstance(value, str):

@@ -62,3 +62,10 @@ def test_shipped_configs_load_and_open_with_their_command():
         assert first.startswith("# Run: "), f"{path} must open with the command that runs it"
         if "amazon" not in path.read_text() or Path("../shared/data/amazon").is_dir():
             load_config(path)
+
+
+def test_exponent_floats_that_yaml_reads_as_strings_are_accepted():
+    cfg = load_config(None, ["align.lr=2e-5", "pretrain.lr=1E-3"])
+    assert cfg.align.lr == 2e-5 and cfg.pretrain.lr == 1e-3
+    with pytest.raises(ConfigError, match="align.lr: expected float"):
+        load_config(None, ["align.lr=fast"])
