@@ -63,39 +63,42 @@ def join_expert_groups(model: nn.Module, attach: bool = False) -> None:
             groups._create_expert_and_data_parallel(layer.ep_size)
 
 
+def _expert_key(key: str, layers: dict[str, _Layer]) -> tuple[_Layer, str, int, str] | None:
+    """(layer, prefix, expert index, suffix) of an expert-parallel entry; None for any other entry."""
+    match = _EXPERT.match(key)
+    if match is None or match.group(1) not in layers:
+        return None
+    return layers[match.group(1)], match.group(1), int(match.group(2)), match.group(3)
+
+
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state with every expert present under its global index (collective when ep > 1)."""
     layers = _parallel_layers(model)
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    if not layers:
-        return state
     full = {}
-    for key, value in state.items():
-        match = _EXPERT.match(key)
-        if match is None or match.group(1) not in layers:
-            full[key] = value
+    for key, value in model.state_dict().items():
+        expert = _expert_key(key, layers)
+        if expert is None:
+            full[key] = value.detach()
             continue
-        layer = layers[match.group(1)]
+        layer, prefix, local, suffix = expert
         parts = [torch.empty_like(value) for _ in range(layer.ep_size)]
-        dist.all_gather(parts, value.contiguous(), group=layer.group)
+        dist.all_gather(parts, value.detach().contiguous(), group=layer.group)
         for r, part in enumerate(parts):
-            full[f"{match.group(1)}{r * layer.num_local + int(match.group(2))}{match.group(3)}"] = part
+            full[f"{prefix}{r * layer.num_local + local}{suffix}"] = part
     return full
 
 
 def local_state_dict(model: nn.Module, full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The entries of a global-index state dict that this rank's model holds, under its local names."""
     layers = _parallel_layers(model)
-    if not layers:
-        return full
     local = {}
     for key, value in full.items():
-        match = _EXPERT.match(key)
-        if match is None or match.group(1) not in layers:
+        expert = _expert_key(key, layers)
+        if expert is None:
             local[key] = value
             continue
-        layer = layers[match.group(1)]
-        index = int(match.group(2)) - layer.ep_rank * layer.num_local
+        layer, prefix, index, suffix = expert
+        index -= layer.ep_rank * layer.num_local
         if 0 <= index < layer.num_local:
-            local[f"{match.group(1)}{index}{match.group(3)}"] = value
+            local[f"{prefix}{index}{suffix}"] = value
     return local
