@@ -18,6 +18,7 @@ accelerate or deepspeed; see rodpo_dist/train/engine.py).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -73,10 +74,25 @@ def main(argv: list[str] | None = None) -> int:
         from rodpo_dist.train.align import align
 
         align(cfg, resume=args.resume, preemption=preemption)
-    if torch.distributed.is_initialized():  # an orderly teardown: gloo can abort at interpreter exit
-        torch.distributed.destroy_process_group()
     return 0
 
 
+def exit_process(code: int) -> None:
+    """Exit a distributed worker once every rank is done, without C++ teardown.
+
+    gloo's worker threads occasionally abort a finished rank while the process group or the
+    interpreter is torn down ("terminate called without an active exception", SIGABRT: about one
+    2-rank CPU run in 30 here, with `destroy_process_group()` called), which fails a job whose
+    work is complete. So after a last barrier (every rank has finished all its collectives and
+    written its files) the process flushes its streams and leaves with `os._exit`.
+    """
+    if not torch.distributed.is_initialized():
+        sys.exit(code)
+    torch.distributed.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

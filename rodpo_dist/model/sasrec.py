@@ -3,7 +3,7 @@
 Block layout follows the reference implementation (pmixer/SASRec.pytorch):
     q = LN(x); x = q + Attn(q, x, x); h = LN(x); x = h + FFN(h); x *= non-padding
 then a final LayerNorm. Attention is causal and also masks padding keys. Input item vectors are not
-scaled by sqrt(hidden): the ItemEncoder already LayerNorms them to unit scale per coordinate.
+scaled by sqrt(hidden): the ItemEncoder initialises them at about unit norm (see its docstring).
 Sequences are LEFT-padded with 0, so positions are counted back from the most recent item, which
 always gets position `max_len` whatever the padded length. Scores are dot products with the same
 ItemEncoder's vectors (tied input/output item embeddings).
