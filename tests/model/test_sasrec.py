@@ -57,6 +57,16 @@ def test_score_is_dot_product_with_item_vectors():
     torch.testing.assert_close(model.score(users, candidates[:, 0]), expected[:, 0])
 
 
+def test_position_and_id_embeddings_start_at_the_same_scale():
+    """A default N(0, 1) positional table (norm ~sqrt(hidden)) drowned the ID vectors (norm ~1)."""
+    torch.manual_seed(0)
+    model = SASRec(ItemEncoder(1000, 64, {}), ModelConfig(hidden=64, layers=1, heads=1, max_len=50), MoEConfig())
+    ids = model.item_encoder.id_embedding.weight[1:].norm(dim=1).mean()
+    positions = model.position.weight[1:].norm(dim=1).mean()
+    assert 0.8 < positions / ids < 1.25
+    assert torch.all(model.position.weight[0] == 0)
+
+
 def test_too_long_sequence_is_rejected():
     with pytest.raises(ValueError, match="max_len"):
         _model()(torch.ones(1, MODEL.max_len + 1, dtype=torch.long))
