@@ -155,10 +155,32 @@ class SparseMoE(nn.Module):
     def _deepspeed_forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         gate = self.moe.deepspeed_moe.gate
         gate.top2_2nd_expert_sampling = self.noisy_gating and self.training  # DeepSpeed samples in eval too
+        real = tokens.shape[0]
+        tokens, used = self._pad_to_ep_group(tokens)
         # DeepSpeed's top-1 gate asserts tokens >= min_capacity; capping it at the token count
         # changes no routing decision (a capacity >= S never drops).
         gate.min_capacity = min(self.min_capacity, tokens.shape[0])
-        return self.moe(tokens)
+        out, aux_loss, counts = self.moe(tokens, used)
+        return out[:real], aux_loss, counts
+
+    def _pad_to_ep_group(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pad to the largest token count in the expert-parallel group, pads marked unused.
+
+        DeepSpeed caps the all-to-all capacity at each rank's own token count, so ranks with unequal
+        counts (an uneven last batch) would exchange buffers of different sizes and gloo aborts.
+        With top-1 the pads are marked unused: not counted, not dispatched, seen only by the balance
+        loss's mean gate. DeepSpeed's top-2 gate takes no mask, so there they are routed too; their
+        outputs are discarded either way.
+        """
+        group = getattr(self.moe.deepspeed_moe, "ep_group", None)
+        if group is None or torch.distributed.get_world_size(group) == 1:
+            return tokens, None
+        count = torch.tensor([tokens.shape[0]], device=tokens.device)
+        torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX, group=group)
+        pad = int(count) - tokens.shape[0]
+        used = torch.ones(int(count), dtype=torch.long, device=tokens.device)  # like the gate's mask
+        used[tokens.shape[0]:] = 0
+        return torch.cat([tokens, tokens.new_zeros(pad, tokens.shape[1])]), used
 
 
 def optimizer_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
