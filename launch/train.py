@@ -81,8 +81,8 @@ def exit_process(code: int) -> None:
     """Exit a distributed worker once every rank is done, without C++ teardown.
 
     gloo's worker threads occasionally abort a finished rank while the process group or the
-    interpreter is torn down ("terminate called without an active exception", SIGABRT: about one
-    2-rank CPU run in 30 here, with `destroy_process_group()` called), which fails a job whose
+    interpreter is torn down ("terminate called without an active exception", SIGABRT: once in 12
+    2-rank CPU runs under load here, with `destroy_process_group()` called), which fails a job whose
     work is complete. So after a last barrier (every rank has finished all its collectives and
     written its files) the process flushes its streams and leaves with `os._exit`.
     """

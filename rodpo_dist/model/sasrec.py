@@ -5,8 +5,8 @@ Block layout follows the reference implementation (pmixer/SASRec.pytorch):
 then a final LayerNorm. Attention is causal and also masks padding keys. Input item vectors are not
 scaled by sqrt(hidden); instead the positional embedding starts at the ID embedding's scale (unit
 norm). With torch's default N(0, 1) init it was sqrt(hidden) times larger, drowned the item signal
-and left the ID-only model near chance for many epochs (Toys validation NDCG@5 0.0047 vs 0.0425
-after 10 epochs; docs/backbone_variants.md).
+and left the ID-only model near chance (Toys validation NDCG@5 0.0047 at epoch 8, against 0.0425 at
+epoch 10 now; docs/backbone_variants.md).
 Sequences are LEFT-padded with 0, so positions are counted back from the most recent item, which
 always gets position `max_len` whatever the padded length. Scores are dot products with the same
 ItemEncoder's vectors (tied input/output item embeddings).
