@@ -146,6 +146,9 @@ class AlignConfig:
     ce_weight: float = 0.0
     contexts_per_user: int = 1
     """Training contexts per user: its last N (history prefix, next item) pairs."""
+    disable_dropout: bool = False
+    """Train the policy without dropout, so its rewards against the (eval-mode) reference are exactly
+    0 before the first update instead of dropout noise (TRL's `disable_dropout`)."""
     label_smoothing: float = 0.0
     epochs: int = 3
     batch_size: int = 256

@@ -9,6 +9,7 @@ validation, and finally evaluate it on test.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def align(cfg: Config, resume: str | None = None,
     seed_everything(cfg.runtime.seed)
 
     data = load_dataset(cfg)
-    policy, reference = (make_model(cfg, data, rt.device) for _ in range(2))
+    policy_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.0)) if a.disable_dropout else cfg
+    policy, reference = make_model(policy_cfg, data, rt.device), make_model(cfg, data, rt.device)
     load_weights(cfg.init, policy)
     load_weights(cfg.init, reference)
     join_expert_groups(reference, attach=True)  # no engine wraps the reference

@@ -114,3 +114,24 @@ def test_alignment_resume_equals_uninterrupted(dataset, backbone):
     cut = _cfg(dataset, "al-cut", *args)
     assert align(cut, preemption=StopAt(7)) == {}
     assert align(cut, resume="auto") == full
+
+
+@pytest.mark.parametrize("disable", [True, False])
+def test_disable_dropout_makes_the_first_rewards_exactly_zero(dataset, backbone, disable):
+    """Step 1's rewards are computed before any update: policy = reference, so without dropout every
+    margin is 0 and the DPO loss is log 2; with dropout (0.5 here) they are noise around 0."""
+    import math
+
+    from rodpo_dist.train.align import align
+    from rodpo_dist.train.run_log import read_metrics
+
+    run = f"al-dropout-{disable}"
+    align(_cfg(dataset, run, *ALIGN, f"init={backbone}", "align.strategy=random", "align.epochs=1",
+               "model.dropout=0.5", f"align.disable_dropout={str(disable).lower()}"))
+    first = read_metrics(dataset / run / "align-random", "train")[0]
+    assert first["step"] == 1
+    if disable:
+        assert first["margin"] == pytest.approx(0.0, abs=1e-6)
+        assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    else:
+        assert first["loss"] > math.log(2) + 1e-3  # -log sigmoid is convex: noise around 0 raises its mean
