@@ -1,4 +1,4 @@
-from rodpo_dist.study import load_records, results_table, save_records, write_results_md
+from rodpo_dist.study import load_records, results_table, save_records, target_check, write_results_md
 
 
 def _rec(method, seed, ndcg5, fn=None, modalities=("text",), moe=False):
@@ -31,3 +31,14 @@ def test_variants_are_kept_apart_and_compared_with_their_own_backbone(tmp_path):
     assert [r.split(" | ")[:2] for r in rows] == [["| id", "backbone"], ["| id", "rodpo"], ["| id+text", "backbone"],
                                                   ["| id+text+moe(ffn)", "backbone"]]
     assert "+20.00%" in rows[1]  # 0.06 vs the ID-only backbone's 0.05
+
+
+def test_target_check_needs_the_gain_and_a_lead_over_random_and_hard():
+    def records(rodpo, random, hard):
+        return [_rec("backbone", 0, 0.100), _rec("rodpo", 0, rodpo), _rec("random", 0, random), _rec("hard", 0, hard)]
+
+    met = target_check(records(0.106, 0.104, 0.103), "Toy")
+    assert "RoDPO +6.00%" in met and "random +4.00%, hard +3.00%" in met and "**met**" in met
+    assert "**not met**" in target_check(records(0.104, 0.101, 0.101), "Toy")  # +4% < +5%
+    assert "**not met**" in target_check(records(0.106, 0.107, 0.101), "Toy")  # behind random
+    assert target_check(records(0.106, 0.104, 0.103)[:2], "Toy") == ""  # no baselines: nothing to check
