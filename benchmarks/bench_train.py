@@ -20,9 +20,10 @@ from rodpo_dist.data import sequence_loader
 from rodpo_dist.data.prepare import prepare
 from rodpo_dist.model import optimizer_param_groups
 from rodpo_dist.train.losses import next_item_loss
-from rodpo_dist.train.runtime import Runtime
+from rodpo_dist.runtime import Runtime
+from rodpo_dist.data import load_dataset
+from rodpo_dist.model import make_model
 from rodpo_dist.train.selection import evaluate_splits
-from rodpo_dist.train.setup import load_dataset, make_model
 
 
 def peak_gib() -> float:
@@ -31,7 +32,7 @@ def peak_gib() -> float:
 
 def bench_pretrain(config: str, steps: int, overrides: list[str]) -> None:
     cfg = load_config(config, overrides)
-    data = load_dataset(cfg)
+    data = load_dataset(cfg.data.prepared_dir, cfg.data.modalities)
     model = make_model(cfg, data, torch.device("cpu"))
     optimizer = torch.optim.AdamW(optimizer_param_groups(model, 0.0), lr=cfg.pretrain.lr)
     loader = sequence_loader(data.dir, "train", cfg.pretrain.batch_size, cfg.model.max_len + 1,
@@ -60,7 +61,7 @@ def bench_evaluate(items: int, users: int, overrides: list[str]) -> None:
                                                 f"data.synthetic.num_users={users}", f"data.prepared_dir={tmp}/data",
                                                 "eval.batch_size=1024", *overrides])
         prepare(cfg.data, cfg.data.prepared_dir, progress=False)
-        data = load_dataset(cfg)
+        data = load_dataset(cfg.data.prepared_dir, cfg.data.modalities)
         model = make_model(cfg, data, torch.device("cpu"))
         tic = time.perf_counter()
         table = model.item_encoder.item_table(cfg.eval.item_chunk)

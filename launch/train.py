@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from rodpo_dist.config import Config, ConfigError, load_config
-from rodpo_dist.train.runtime import Preemption, init_distributed
+from rodpo_dist.runtime import Preemption, init_distributed
 
 
 def prepare_if_missing(cfg: Config) -> None:
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", "-c", required=True)
     parser.add_argument("--resume", default=None, help="'auto' or a checkpoint path")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run already in the run folder")
     parser.add_argument("--engine", choices=["plain", "accelerate", "deepspeed"], default=None)
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
@@ -66,14 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     preemption = Preemption().install()
     init_distributed(cfg.runtime.dist_timeout_s)
     prepare_if_missing(cfg)
-    if cfg.stage == "pretrain":
-        from rodpo_dist.train.pretrain import pretrain
+    from rodpo_dist.train.recipe import run_stage
 
-        pretrain(cfg, resume=args.resume, preemption=preemption)
-    else:
-        from rodpo_dist.train.align import align
-
-        align(cfg, resume=args.resume, preemption=preemption)
+    run_stage(cfg, resume=args.resume, overwrite=args.overwrite, preemption=preemption)
     return 0
 
 

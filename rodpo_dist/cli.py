@@ -32,36 +32,61 @@ def _cmd_stats(args: argparse.Namespace) -> None:
     print(stats(args.dir))
 
 
-def _cmd_pretrain(args: argparse.Namespace) -> None:
-    from rodpo_dist.train.pretrain import pretrain
+def _cmd_verify(args: argparse.Namespace) -> None:
+    from rodpo_dist.data import verify
 
-    pretrain(_config(args, "stage=pretrain"), resume=args.resume)
+    manifest = verify(args.dir)
+    print(f"{args.dir}: every shard and file matches its sha256 in the manifest ({manifest.name})")
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> None:
+    from rodpo_dist.train.recipe import run_stage
+
+    run_stage(_config(args, "stage=pretrain"), resume=args.resume, overwrite=args.overwrite)
 
 
 def _cmd_align(args: argparse.Namespace) -> None:
-    from rodpo_dist.train.align import align
+    from rodpo_dist.train.recipe import run_stage
 
     extra = [f"init={args.init}"] if args.init else []
-    align(_config(args, "stage=align", *extra), resume=args.resume)
+    run_stage(_config(args, "stage=align", *extra), resume=args.resume, overwrite=args.overwrite)
+
+
+def _checkpoint_config(args: argparse.Namespace) -> Config:
+    """`--config` when given, else the config saved with the checkpoint; overrides applied."""
+    from rodpo_dist.train.run_dir import saved_config
+
+    return _config(args) if args.config else saved_config(args.checkpoint, args.overrides)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from rodpo_dist.train.selection import evaluate_checkpoint
 
-    evaluate_checkpoint(_config(args), args.checkpoint, splits=args.splits)
+    evaluate_checkpoint(_checkpoint_config(args), args.checkpoint, splits=args.splits)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from rodpo_dist.study import run_demo
+    from rodpo_dist.study.runner import run_demo
 
     run_demo(_config(args))
 
 
 def _cmd_study(args: argparse.Namespace) -> None:
-    from rodpo_dist.study import run_study
+    from rodpo_dist.study.records import dataset_name
+    from rodpo_dist.study.runner import run_study
 
-    run_study(_config(args), seeds=args.seeds, strategies=args.strategies, out=args.out,
-              sdpo_negatives=args.sdpo_negatives)
+    cfg = _config(args)
+    out = args.out or f"runs/study/{dataset_name(cfg)}"
+    run_study(cfg, seeds=args.seeds or cfg.study.seeds, methods=args.methods or cfg.study.methods, out=out)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from rodpo_dist.study.records import dataset_name
+    from rodpo_dist.study.runner import run_sweep
+
+    cfg = _config(args)
+    out = args.out or f"runs/sweep/{dataset_name(cfg)}"
+    run_sweep(cfg, args.grid, args.mode, args.methods or [cfg.align.strategy], args.seed, out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,17 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("stats", help="print the statistics of a prepared dataset")
     p.add_argument("dir")
     p.set_defaults(func=_cmd_stats)
+    p = data.add_parser("verify", help="check every shard and file of a prepared dataset against its checksum")
+    p.add_argument("dir")
+    p.set_defaults(func=_cmd_verify)
 
     for name, func, helptext in (("pretrain", _cmd_pretrain, "next-item pretraining (the reference policy)"),
                                  ("align", _cmd_align, "DPO / RoDPO alignment from a pretrained checkpoint")):
         p = sub.add_parser(name, help=helptext)
         _add_config_args(p)
         p.add_argument("--resume", default=None, help="'auto' (latest checkpoint in the run dir) or a checkpoint path")
+        p.add_argument("--overwrite", action="store_true", help="replace a run already in the run folder")
         if name == "align":
             p.add_argument("--init", help="pretrained checkpoint (overrides `init`)")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("evaluate", help="full-ranking evaluation of a checkpoint")
+    p = sub.add_parser("evaluate", help="full-ranking evaluation of a checkpoint (reads its run's config)")
     _add_config_args(p)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--splits", nargs="+", default=["valid", "test"], choices=["valid", "test"])
@@ -96,19 +125,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("study", help="backbone vs random / hard / rodpo / sdpo negatives over seeds")
+    methods = ["ce", "random", "hard", "rodpo", "sdpo"]
+    p = sub.add_parser("study", help="backbone vs ce / random / hard / rodpo / sdpo over seeds, paired statistics")
     _add_config_args(p)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--strategies", nargs="*", default=["random", "hard", "rodpo", "sdpo"],
-                   choices=["random", "hard", "rodpo", "sdpo"])
-    p.add_argument("--out", default="docs/results", help="folder for the JSON records, table and plots")
-    p.add_argument("--sdpo-negatives", type=int, default=4, help="negatives per positive for sdpo")
+    p.add_argument("--seeds", nargs="+", type=int, help="default: study.seeds")
+    p.add_argument("--methods", nargs="+", choices=methods, help="default: study.methods")
+    p.add_argument("--out", help="records, comparisons, table and plot (default: runs/study/<dataset>; "
+                                 "the committed results: docs/results)")
     p.set_defaults(func=_cmd_study)
+
+    p = sub.add_parser("sweep", help="alignment over a grid of overrides from one backbone, validation only")
+    _add_config_args(p)
+    p.add_argument("--grid", action="append", required=True, metavar="key.sub=v1,v2",
+                   help="a factor and its values (repeatable)")
+    p.add_argument("--mode", choices=["one-at-a-time", "grid"], default="one-at-a-time",
+                   help="vary one factor at a time from the config, or run the full product")
+    p.add_argument("--methods", nargs="+", choices=methods, help="default: align.strategy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="sweep.json and sweep.md (default: runs/sweep/<dataset>)")
+    p.set_defaults(func=_cmd_sweep)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # overrides may come after options: collect them here
+    if extra and (not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
     except ConfigError as err:

@@ -28,3 +28,19 @@ def test_bad_config_exits_2_with_every_problem(capsys):
 def test_missing_checkpoint_is_named(tmp_path, capsys):
     code = main(["align", "--config", "configs/demo.yaml", "--init", f"{tmp_path}/nope"])
     assert code == 2 and f"init: checkpoint {tmp_path}/nope does not exist" in capsys.readouterr().err
+
+
+def test_evaluate_reads_the_run_config_and_verify_checks_the_shards(tmp_path, capsys):
+    common = ["--config", "configs/demo.yaml", *TINY, f"data.prepared_dir={tmp_path}/data",
+              f"runtime.run_dir={tmp_path}/run"]
+    assert main(["data", "prepare", *common]) == 0
+    assert main(["pretrain", *common]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", f"{tmp_path}/run/pretrain/best", "--splits", "test"]) == 0
+    assert "| test |" in capsys.readouterr().out
+    assert main(["data", "verify", f"{tmp_path}/data"]) == 0
+    assert "matches its sha256" in capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", f"{tmp_path}/nothing"]) == 1
+    assert "no config.yaml" in capsys.readouterr().err
+    assert main(["pretrain", *common]) == 1  # the folder holds a run: neither resumed nor overwritten
+    assert "already holds a run" in capsys.readouterr().err

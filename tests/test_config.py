@@ -22,7 +22,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert "8 problem(s)" in text
     assert "model.hiden: unknown key (did you mean model.hidden?)" in text
     assert "model.layers: expected int, got str 'x'" in text
-    assert "align.strategy: 'rodp' is not one of 'random', 'hard', 'rodpo', 'sdpo' (did you mean 'rodpo'?)" in text
+    assert "align.strategy: 'rodp' is not one of 'ce', 'random', 'hard', 'rodpo', 'sdpo' (did you mean 'rodpo'?)" in text
     assert "pretrain.lr: must be > 0, got -1.0" in text
     assert "data.modalities[1]: unknown modality 'imag' (did you mean 'image'?)" in text
     assert "moe.top_k: must be 1 or 2, got 3" in text
@@ -69,3 +69,55 @@ def test_exponent_floats_that_yaml_reads_as_strings_are_accepted():
     assert cfg.align.lr == 2e-5 and cfg.pretrain.lr == 1e-3
     with pytest.raises(ConfigError, match="align.lr: expected float"):
         load_config(None, ["align.lr=fast"])
+
+
+def _problems(*overrides: str) -> str:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, list(overrides))
+    return str(err.value)
+
+
+def test_the_selection_metric_must_be_computed():
+    assert "eval.metric: ndcg@50 is not computed: its K (50) is not in eval.ks [5, 10, 20]" in _problems("eval.metric=ndcg@50")
+    assert load_config(None, ["eval.metric=mrr@20"]).eval.metric == "mrr@20"
+
+
+def test_the_pool_must_hold_the_negatives_a_strategy_draws():
+    assert "align.num_negatives (8) exceeds the pool entries it can draw from: pool.k (5)" in _problems(
+        "pool.k=5", "align.num_negatives=8", "align.strategy=hard")
+    text = _problems("pool.k=10", "align.num_negatives=4", "align.sampling=window", "align.window_start=8")
+    assert "pool.k (10) - align.window_start (8)" in text
+    assert "align.window_start (12) must be < pool.k (10)" in _problems(
+        "pool.k=10", "align.sampling=window", "align.window_start=12")
+    assert load_config(None, ["pool.k=5", "align.num_negatives=8", "align.strategy=random"]).pool.k == 5  # no pool
+
+
+def test_stage_align_needs_a_checkpoint_and_moe_needs_enough_experts():
+    assert "init: the align stage needs a pretrained checkpoint" in _problems("stage=align")
+    assert "moe.top_k (2) exceeds moe.num_experts (1)" in _problems("moe.enabled=true", "moe.num_experts=1")
+    assert "model.use_id_embedding=false needs at least one entry in data.modalities" in _problems(
+        "model.use_id_embedding=false", "data.modalities=[]")
+
+
+def test_s3rec_dataset_file_must_exist(tmp_path):
+    (tmp_path / "Beauty.txt").write_text("1 1 2 3\n")
+    assert load_config(None, ["data.source=s3rec", f"data.path={tmp_path}", "data.name=Beauty"]).data.name == "Beauty"
+    assert f"data.name: {tmp_path}/Beuty.txt does not exist" in _problems(
+        "data.source=s3rec", f"data.path={tmp_path}", "data.name=Beuty")
+
+
+def test_deepspeed_json_must_agree_with_the_yaml(tmp_path):
+    import json
+
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": "auto"}))
+    text = _problems("runtime.engine=deepspeed", f"runtime.deepspeed_config={path}", "pretrain.batch_size=16")
+    assert "sets train_micro_batch_size_per_gpu=8 but the pretrain section says 16" in text
+    path.write_text("{not json")
+    assert "is not valid JSON" in _problems("runtime.engine=deepspeed", f"runtime.deepspeed_config={path}")
+
+
+def test_study_section_is_checked():
+    text = _problems("study.methods=[rodpo,dpo]", "study.variants={moe: [moe.enabled]}")
+    assert "study.methods: unknown method 'dpo'" in text
+    assert "study.variants.moe: expected key.sub=value overrides, got 'moe.enabled'" in text

@@ -1,44 +1,103 @@
-from rodpo_dist.study import load_records, results_table, save_records, target_check, write_results_md
+"""Study records, paired bootstrap statistics and the generated report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rodpo_dist.study.records import load_records, ranks_path, save_records
+from rodpo_dist.study.report import results_table, target_check, write_results
+from rodpo_dist.study.stats import comparisons, paired_bootstrap, per_user
 
 
-def _rec(method, seed, ndcg5, fn=None, modalities=("text",), moe=False):
-    test = {k: 0.1 for k in ("hr@5", "mrr@5", "hr@10", "ndcg@10", "mrr@10")} | {"ndcg@5": ndcg5}
-    return {"dataset": "Toy", "method": method, "seed": seed, "valid": test, "test": test, "false_negative_rate": fn,
-            "wall_time_s": 10.0, "command": "rodpo study --config x.yaml", "modalities": list(modalities),
-            "selection_metric": "ndcg@10", "hyperparameters": {"moe": {"enabled": moe, "placement": "ffn"}}}
+def test_per_user_metrics_from_ranks_by_hand():
+    ranks = np.array([0, 1, 4, 5, -1])
+    np.testing.assert_allclose(per_user(ranks, "hr@5"), [1, 1, 1, 0, 0])
+    np.testing.assert_allclose(per_user(ranks, "ndcg@5"), [1, 1 / np.log2(3), 1 / np.log2(6), 0, 0])
+    np.testing.assert_allclose(per_user(ranks, "mrr@5"), [1, 0.5, 0.2, 0, 0])
 
 
-def test_records_merge_and_table_reports_mean_std_and_relative_change(tmp_path):
-    out = tmp_path / "results"
-    out.mkdir()
-    save_records(out / "records.json", [_rec("backbone", 0, 0.10), _rec("backbone", 1, 0.12),
-                                        _rec("rodpo", 0, 0.11, 0.2), _rec("rodpo", 1, 0.13, 0.4)])
-    save_records(out / "records.json", [_rec("rodpo", 1, 0.12, 0.4)])  # replaces (Toy, rodpo, 1)
-    assert len(load_records(out / "records.json")) == 4
-    table = results_table(load_records(out / "records.json"), "Toy")
-    backbone, rodpo = table.splitlines()[2:]
-    assert "| id+text | backbone | 2 | 0.1000 ± 0.0000 | 0.1100 ± 0.0100 |" in backbone
-    assert "0.1150 ± 0.0050" in rodpo and "+4.55%" in rodpo and "| 0.300 |" in rodpo
-    md = write_results_md(out).read_text()
-    assert "## Toy" in md and "`rodpo study --config x.yaml`" in md
+def test_bootstrap_of_an_exact_doubling_is_a_point():
+    base = [np.linspace(0.1, 1.0, 50), np.linspace(0.2, 0.5, 30)]
+    change, lo, hi = paired_bootstrap([2 * b for b in base], base, samples=300)
+    assert change == pytest.approx(100.0) and lo == pytest.approx(100.0) and hi == pytest.approx(100.0)
 
 
-def test_variants_are_kept_apart_and_compared_with_their_own_backbone(tmp_path):
-    path = tmp_path / "records.json"
-    save_records(path, [_rec("backbone", 0, 0.10), _rec("backbone", 0, 0.05, modalities=()),
-                        _rec("backbone", 0, 0.20, moe=True), _rec("rodpo", 0, 0.06, modalities=())])
-    rows = results_table(load_records(path), "Toy").splitlines()[2:]
-    assert [r.split(" | ")[:2] for r in rows] == [["| id", "backbone"], ["| id", "rodpo"], ["| id+text", "backbone"],
-                                                  ["| id+text+moe(ffn)", "backbone"]]
-    assert "+20.00%" in rows[1]  # 0.06 vs the ID-only backbone's 0.05
+def test_bootstrap_interval_matches_the_normal_approximation():
+    """Baseline 1 for every user, method 1 +- d (half each): the change is 0 and, by the CLT, its
+    95% interval is +-1.96 * 100 * d / sqrt(n)."""
+    n, d = 4000, 0.5
+    rng = np.random.default_rng(1)
+    method = 1 + d * rng.permutation(np.repeat([1.0, -1.0], n // 2))
+    change, lo, hi = paired_bootstrap([method], [np.ones(n)], samples=2000)
+    half = 1.96 * 100 * d / np.sqrt(n)
+    assert change == pytest.approx(0.0, abs=1e-9)
+    assert lo == pytest.approx(-half, rel=0.1) and hi == pytest.approx(half, rel=0.1)
 
 
-def test_target_check_needs_the_gain_and_a_lead_over_random_and_hard():
-    def records(rodpo, random, hard):
-        return [_rec("backbone", 0, 0.100), _rec("rodpo", 0, rodpo), _rec("random", 0, random), _rec("hard", 0, hard)]
+def _write(out, records, ranks):
+    for r in records:
+        path = out / ranks_path(r)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        users = np.arange(1, len(ranks[(r["method"], r["seed"])]) + 1, dtype=np.int32)
+        rk = ranks[(r["method"], r["seed"])].astype(np.int16)
+        np.savez_compressed(path, valid_users=users, valid_ranks=rk, test_users=users, test_ranks=rk)
+    save_records(out, records)
 
-    met = target_check(records(0.106, 0.104, 0.103), "Toy")
-    assert "RoDPO +6.00%" in met and "random +4.00%, hard +3.00%" in met and "**met**" in met
-    assert "**not met**" in target_check(records(0.104, 0.101, 0.101), "Toy")  # +4% < +5%
-    assert "**not met**" in target_check(records(0.106, 0.107, 0.101), "Toy")  # behind random
-    assert target_check(records(0.106, 0.104, 0.103)[:2], "Toy") == ""  # no baselines: nothing to check
+
+def _rec(method, seed, ndcg5):
+    metrics = {k: 0.1 for k in ("hr@5", "mrr@5", "hr@10", "ndcg@10", "mrr@10")} | {"ndcg@5": ndcg5}
+    return {"dataset": "Toy", "variant": "id+text", "method": method, "seed": seed, "valid": metrics, "test": metrics,
+            "false_negatives": {}, "wall_time_s": 10.0, "command": "rodpo study --config x.yaml",
+            "selection_metric": "ndcg@5", "hyperparameters": {"model": {}, "align": {}, "pool": {"k": 10}}}
+
+
+def test_records_merge_by_dataset_variant_method_seed(tmp_path):
+    save_records(tmp_path, [_rec("backbone", 0, 0.1), _rec("rodpo", 0, 0.2)])
+    save_records(tmp_path, [_rec("rodpo", 0, 0.3)])
+    records = load_records(tmp_path)
+    assert len(records) == 2 and next(r for r in records if r["method"] == "rodpo")["test"]["ndcg@5"] == 0.3
+
+
+def test_comparisons_pair_users_across_seeds_and_the_report_marks_significance(tmp_path):
+    n = 400
+    rng = np.random.default_rng(0)
+    base = {s: rng.integers(-1, 8, size=n) for s in (0, 1)}
+    better = {s: np.where(b > 0, b - 1, b) for s, b in base.items()}  # every hit moves up one rank
+    ranks = {("backbone", s): base[s] for s in base} | {("rodpo", s): better[s] for s in base} | {
+        ("ce", s): base[s] for s in base} | {("hard", s): base[s] for s in base} | {("random", s): base[s] for s in base}
+    records = [_rec(m, s, per_user(ranks[(m, s)], "ndcg@5").mean()) for m, s in ranks]
+    _write(tmp_path, records, ranks)
+    entries = comparisons(load_records(tmp_path), tmp_path)
+    e = next(e for e in entries if (e["method"], e["baseline"], e["metric"]) == ("rodpo", "backbone", "ndcg@5"))
+    pooled_m = np.concatenate([per_user(better[s], "ndcg@5") for s in (0, 1)])
+    pooled_b = np.concatenate([per_user(base[s], "ndcg@5") for s in (0, 1)])
+    assert e["rel_change"] == pytest.approx(100 * (pooled_m.mean() / pooled_b.mean() - 1), abs=1e-3)
+    assert e["seeds"] == [0, 1] and e["significant"] and e["ci_low"] > 0
+    same = next(e for e in entries if (e["method"], e["baseline"], e["metric"]) == ("ce", "backbone", "mrr@5"))
+    assert same["rel_change"] == 0 and not same["significant"]
+    assert not any(e["method"] == "backbone" for e in entries)
+
+    write_results(tmp_path)
+    saved = json.loads((tmp_path / "comparisons.json").read_text())
+    assert saved == json.loads(json.dumps(entries))
+    md = (tmp_path.with_suffix(".md")).read_text()
+    assert f"**{e['rel_change']:+.2f}% [{e['ci_low']:+.2f}, {e['ci_high']:+.2f}]**" in md
+    change = e["rel_change"]
+    assert ("**met**" in target_check(entries, "Toy")) == (change >= 5.0)
+    rows = results_table(load_records(tmp_path), entries, "Toy").splitlines()[2:]
+    assert [r.split(" | ")[1] for r in rows] == ["backbone", "ce", "random", "hard", "rodpo"]
+
+
+def test_target_needs_five_percent_and_significant_leads_over_ce_hard_and_random():
+    def entry(baseline, change, lo):
+        return {"dataset": "Toy", "variant": "v", "method": "rodpo", "baseline": baseline, "metric": "ndcg@5",
+                "rel_change": change, "ci_low": lo, "ci_high": change + 1, "significant": lo > 0}
+
+    good = [entry("backbone", 6.0, 4.0), entry("ce", 2.0, 0.5), entry("hard", 3.0, 1.0), entry("random", 3.0, 1.0)]
+    assert "**met**" in target_check(good, "Toy")
+    assert "**not met**" in target_check([entry("backbone", 4.0, 2.0), *good[1:]], "Toy")  # +4% < +5%
+    assert "**not met**" in target_check([good[0], entry("ce", 1.0, -0.2), *good[2:]], "Toy")  # lead over ce not significant
+    assert "**not met**" in target_check(good[:3], "Toy")  # no random baseline: not shown

@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
+from rodpo_dist.data.batching import window_batches
 from rodpo_dist.data.errors import DataError
 from rodpo_dist.data.manifest import ITEMS, MANIFEST_FILE, Manifest, load_manifest
 from rodpo_dist.data.shards import decode, read_shard
@@ -122,7 +122,7 @@ def collate(samples: list[dict[str, Any]], max_len: int) -> dict[str, torch.Tens
 
 @dataclass
 class _Stream:
-    """The per-epoch sample stream of one reader (rank x DataLoader worker); see module docstring."""
+    """The per-epoch batch stream of one reader (rank x DataLoader worker); see module docstring."""
 
     shards: list[tuple[Path, int]]
     shuffle: bool
@@ -131,8 +131,11 @@ class _Stream:
     epoch: int
     rank: int
     world_size: int
+    batch_size: int
+    max_len: int
+    length_window: int
 
-    def __call__(self) -> Iterator[dict[str, Any]]:
+    def __call__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         readers, slot = self.world_size * workers, self.rank * workers + worker
@@ -144,24 +147,27 @@ class _Stream:
         if self.shuffle:
             rng = random.Random(f"buffer-{self.seed}-{self.epoch}-{slot}-{readers}")
             mine = wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(mine)
-        return map(decode, mine)
+        window = self.length_window if self.shuffle else 1
+        batches = window_batches(map(decode, mine), lambda s: len(s["seq"]), self.batch_size, window,
+                                 np.random.default_rng([self.seed, self.epoch, slot, readers]))
+        return (collate(b, self.max_len) for b in batches)
 
 
 def sequence_loader(directory: str | Path, split: str, batch_size: int, max_len: int, *, shuffle: bool = True,
                     shuffle_buffer: int = 1000, seed: int = 0, epoch: int = 0, num_workers: int = 0,
-                    rank: int = 0, world_size: int = 1) -> DataLoader:
+                    rank: int = 0, world_size: int = 1, length_window: int = 1) -> DataLoader:
     """Stream one epoch of `split` as batches (see `collate`) for reader `rank` of `world_size`.
 
     Deterministic for (seed, epoch, world_size, num_workers); a new `epoch` reshuffles the shard
     order and the buffer. Call again per epoch. Exactly-once coverage across ranks x workers.
+    With `length_window` > 1 (and `shuffle`) each reader's batches are cut from windows of that many
+    batches sorted by length (`batching.window_batches`): the same samples, far less padding.
     """
     directory = Path(directory)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
     stream = _Stream(_split_shards(directory, load_manifest(directory), split), shuffle, max(1, shuffle_buffer),
-                     seed, epoch, rank, world_size)
-    pipeline = wds.DataPipeline(stream, wds.batched(batch_size, collation_fn=partial(collate, max_len=max_len),
-                                                    partial=True))
+                     seed, epoch, rank, world_size, batch_size, max_len, length_window)
     # its own generator: creating the iterator must not draw from the global RNG (exact resume)
-    return DataLoader(pipeline, batch_size=None, num_workers=num_workers,
+    return DataLoader(wds.DataPipeline(stream), batch_size=None, num_workers=num_workers,
                       generator=torch.Generator().manual_seed(seed * 100_003 + epoch))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from rodpo_dist.config import DataConfig
+from rodpo_dist.config import Config, DataConfig
 from rodpo_dist.data.errors import DataError
 from rodpo_dist.data.features import Modality, as_dtype, bags, dense_from_npy, text_modality
 from rodpo_dist.data.manifest import ITEMS, MANIFEST_FILE, Manifest, ShardInfo, load_manifest
@@ -193,3 +193,9 @@ def stats(directory: str | Path) -> str:
     rows.append(("created", m.created))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def ensure_prepared(cfg: Config) -> None:
+    """Prepare `data.prepared_dir` unless it already holds a dataset."""
+    if not (Path(cfg.data.prepared_dir) / MANIFEST_FILE).is_file():
+        prepare(cfg.data, cfg.data.prepared_dir, progress=cfg.runtime.progress)

@@ -1,4 +1,5 @@
-"""Top-K over the whole catalog with the item table sharded over ranks.
+"""Top-K over the whole catalog, the item table sharded over ranks, and the one scoring loop that
+evaluation and the candidate pool share.
 
 Each rank scores the same users against its own contiguous slice of the items (1/world of the
 work), the per-rank top-K lists are all-gathered and merged: the slices are disjoint and every
@@ -7,11 +8,25 @@ score is computed exactly as on one process, so the merged lists equal the singl
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
+
 import torch
 import torch.distributed as dist
 
-from rodpo_dist.train.runtime import Runtime
+from rodpo_dist.runtime import Runtime
 from rodpo_kernels import TopK, merge_topk, topk_scores
+
+
+class ScoringBatch(NamedTuple):
+    """Model inputs [b, W], exclusions [C, H] (-1 pads) and which states to score: (rows, cols) of
+    the hidden states, or None for the last position of every row (then C = b)."""
+
+    seq: torch.Tensor
+    exclude: torch.Tensor
+    positions: tuple[torch.Tensor, torch.Tensor] | None = None
+    meta: Any = None
+    """The caller's own bookkeeping, handed back with the result."""
 
 
 def catalog_slice(num_items: int, rt: Runtime) -> tuple[int, int]:
@@ -31,3 +46,23 @@ def catalog_topk(users: torch.Tensor, items: torch.Tensor, k: int, exclude: torc
     dist.all_gather(scores, local.scores.contiguous())
     dist.all_gather(ids, local.ids.contiguous())
     return merge_topk([TopK(s, i) for s, i in zip(scores, ids)], k)
+
+
+@torch.no_grad()
+def top_items(model: torch.nn.Module, item_table: torch.Tensor, k: int, batches: Iterable[ScoringBatch],
+              rt: Runtime) -> Iterator[tuple[ScoringBatch, TopK]]:
+    """Per batch, (the batch, the top-`k` catalog items (ids 1..N) of each selected state, exclusions removed).
+
+    `item_table` is [N+1, d] with row 0 padding (never a candidate). The model runs in eval mode
+    (restored afterwards). A collective with several ranks: every rank passes the same batches.
+    """
+    was_training = model.training
+    model.eval()
+    items = item_table[1:].to(rt.device)
+    try:
+        for batch in batches:
+            hidden = model(batch.seq.to(rt.device)).hidden
+            states = hidden[:, -1] if batch.positions is None else hidden[batch.positions]
+            yield batch, catalog_topk(states.float(), items, k, batch.exclude.to(rt.device), rt)
+    finally:
+        model.train(was_training)

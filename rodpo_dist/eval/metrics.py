@@ -34,8 +34,3 @@ def ranking_metrics(ranks: torch.Tensor, ks: list[int]) -> dict[str, float]:
         out[f"ndcg@{k}"] = torch.where(inside, 1.0 / torch.log2(r + 2.0), 0.0).mean().item()
         out[f"mrr@{k}"] = torch.where(inside, 1.0 / (r + 1.0), 0.0).mean().item()
     return out
-
-
-def metric_sums(ranks: torch.Tensor, ks: list[int]) -> dict[str, float]:
-    """Per-metric sums (for accumulating over batches and ranks before dividing by the user count)."""
-    return {name: value * ranks.numel() for name, value in ranking_metrics(ranks, ks).items()}

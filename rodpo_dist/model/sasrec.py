@@ -118,9 +118,3 @@ class SASRec(nn.Module):
     def user_state(self, seq: torch.Tensor) -> torch.Tensor:
         """[B, hidden]: the hidden state at the last (most recent) position; zeros for an all-padding row."""
         return self(seq).hidden[:, -1]
-
-    def score(self, user_states: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
-        """Dot-product scores of per-user candidates: user_states [B, d], item_ids [B, ...] -> [B, ...]."""
-        items = self.item_encoder(item_ids)
-        users = user_states.view(user_states.shape[0], *([1] * (item_ids.dim() - 1)), -1)
-        return (users * items).sum(-1)

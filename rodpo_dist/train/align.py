@@ -1,192 +1,259 @@
 """Alignment recipe: DPO / RoDPO from a pretrained checkpoint (the frozen reference policy).
 
-Reads top to bottom: data, policy and frozen reference (its item table cached once), training
-contexts and the candidate pool, optimizer and resume, then the loop: refresh the pool on
-schedule, pick negatives with the configured strategy, DPO / S-DPO loss (+ optional next-item CE
-and the MoE aux loss), log the alignment metrics, validate, keep the best checkpoint by
-validation, and finally evaluate it on test.
+Reads top to bottom: the policy (dropout and gating noise off by default) and the reference (its
+item table cached), the training contexts (the last or every position of each training sequence)
+and the candidate pool, then one micro-batch: states of every context from one forward pass,
+negatives by strategy, the DPO / S-DPO loss plus the anchoring next-item CE (or the CE alone: the
+`ce` control), the logged rewards as log-probability ratios, the false-negative counts. Around the
+steps: the pool refresh, validation every `eval_every_steps` (the step-0 policy competes for
+`best`), and the optional TR-DPO soft update of the reference. The skeleton does the rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-from rodpo_dist.config import Config, save_config
-from rodpo_dist.data import GroundTruth, load_split
-from rodpo_dist.data.synthetic import TRUTH_FILE
-from rodpo_dist.eval.evaluate import Contexts
-from rodpo_dist.model import optimizer_param_groups
+from rodpo_dist.config import Config
+from rodpo_dist.data import SequenceBatch, TrainingContexts, load_split
+from rodpo_dist.data.batching import length_grouped_batches
+from rodpo_dist.model import make_model
 from rodpo_dist.model.expert_parallel import join_expert_groups
-from rodpo_dist.train.checkpoint import TrainState, load_checkpoint, load_weights, resolve_resume, save_checkpoint
-from rodpo_dist.train.losses import chunked_cross_entropy
-from rodpo_dist.train.engine import StepSettings, build_engine
+from rodpo_dist.model.weights import load_weights
+from rodpo_dist.train.checkpoint import TrainState
+from rodpo_dist.train.false_negatives import FalseNegativeCounter, pool_rates
+from rodpo_dist.train.losses import log_partition
 from rodpo_dist.train.negatives import select_negatives
-from rodpo_dist.train.loop import end_of_step, finish_step
-from rodpo_dist.train.optim import build_scheduler
 from rodpo_dist.train.pool import CandidatePool
-from rodpo_dist.train.selection import evaluate_splits, report_best, track_best
-from rodpo_dist.train.run_log import RunLog
-from rodpo_dist.train.runtime import Preemption, Runtime, seed_everything
-from rodpo_dist.train.setup import load_dataset, make_model
+from rodpo_dist.train.recipe import Recipe, steps_per_epoch
 from rodpo_kernels import dpo_loss
 
-
-def training_contexts(dataset_dir: Path, per_user: int) -> Contexts:
-    """The last `per_user` (history prefix, next item) pairs of every training sequence."""
-    split = load_split(dataset_dir, "train")
-    ctx_users, histories, targets = [], [], []
-    for user, seq in zip(split.users, split.sequences):
-        for cut in range(len(seq) - 1, max(0, len(seq) - 1 - per_user), -1):
-            ctx_users.append(user)
-            histories.append(seq[:cut])
-            targets.append(seq[cut])
-    return Contexts(np.asarray(ctx_users), histories, np.asarray(targets))
+POOL_STRATEGIES = ("hard", "rodpo", "sdpo")
 
 
-def _variant(strategy: str, m: int) -> str:
-    return "sdpo" if strategy == "sdpo" else ("pairwise" if m == 1 else "mean")
+def policy_config(cfg: Config) -> Config:
+    """The policy's model config: with `align.disable_dropout`, no dropout and no MoE gating noise."""
+    if not cfg.align.disable_dropout:
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.0),
+                               moe=dataclasses.replace(cfg.moe, noisy_gating=False))
 
 
-def align(cfg: Config, resume: str | None = None,
-          preemption: Preemption | None = None) -> dict[str, dict[str, float]]:
-    """Align the policy; returns {"valid": ..., "test": ...} metrics of the best checkpoint."""
-    a, rt = cfg.align, Runtime.create(cfg.runtime.device)
-    if not cfg.init:
-        raise ValueError("align needs a pretrained checkpoint: pass --init PATH (or set `init:` in the config)")
-    run_dir = Path(cfg.runtime.run_dir) / f"align-{a.strategy}"
-    seed_everything(cfg.runtime.seed)
+def global_batches(num_sequences: int, lengths: np.ndarray, cfg: Config, epoch: int,
+                   world_size: int) -> list[np.ndarray]:
+    """The epoch's global batches of sequence indices (length-grouped, seeded), each holding
+    batch_size x grad_accum x world_size sequences: the same whatever the number of ranks."""
+    a = cfg.align
+    size = a.batch_size * a.grad_accum * world_size
+    rng = np.random.default_rng([cfg.runtime.seed, 7919, epoch])
+    return length_grouped_batches(lengths, size, cfg.data.length_window, rng) if num_sequences else []
 
-    data = load_dataset(cfg)
-    policy_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.0)) if a.disable_dropout else cfg
-    policy, reference = make_model(policy_cfg, data, rt.device), make_model(cfg, data, rt.device)
-    load_weights(cfg.init, policy)
-    load_weights(cfg.init, reference)
-    join_expert_groups(reference, attach=True)  # no engine wraps the reference
-    reference.eval().requires_grad_(False)
-    ref_table = reference.item_encoder.item_table(cfg.eval.item_chunk)  # frozen: computed once
-    truth = GroundTruth.load(data.dir) if (data.dir / TRUTH_FILE).is_file() else None
 
-    contexts = training_contexts(data.dir, a.contexts_per_user)
-    pool = CandidatePool(contexts, cfg.pool.k) if a.strategy != "random" else None
-    num_items = data.manifest.num_items
-    variant = _variant(a.strategy, a.num_negatives)
+DPO_STATS = ("dpo_loss", "margin", "accuracy", "chosen_reward", "rejected_reward", "logp_chosen_ref")
 
-    optimizer = torch.optim.AdamW(optimizer_param_groups(policy, a.weight_decay), lr=a.lr)
-    per_rank = math.ceil(len(contexts) / rt.world_size)
-    steps_per_epoch = math.ceil(per_rank / (a.batch_size * a.grad_accum))
-    scheduler = build_scheduler(optimizer, a.warmup_steps, steps_per_epoch * a.epochs, "cosine")
-    engine = build_engine(cfg.runtime, policy, optimizer, scheduler, rt,
-                          StepSettings(a.batch_size, a.grad_accum, a.grad_clip, a.bf16))
-    autocast = torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=a.bf16)
-    # negatives are drawn per rank (each rank has its own contexts): one stream per rank, saved per rank
-    sampler = torch.Generator().manual_seed(cfg.runtime.seed + 7919 * rt.rank)
 
-    state = TrainState()
-    start = resolve_resume(run_dir, resume)
-    if start is not None:
-        state, trainer, own = load_checkpoint(start, policy, rt)
-        engine.load_state_dict(trainer, own)
-        if "sampler" in own:  # absent when resumed on another number of ranks
-            sampler.set_state(own.pop("sampler"))
-        if pool is not None and "pool_ids" in trainer:
-            pool.ids, pool.scores = trainer["pool_ids"], trainer["pool_scores"]
-            pool.refreshed_at = state.extra["pool_refreshed_at"]
-    log = RunLog(run_dir, rt.is_main, cfg.runtime.progress)
-    if start is not None:
-        log.drop_after(state.step)
-    if rt.is_main:
-        save_config(cfg, run_dir / "config.yaml")
+class Alignment(Recipe):
 
-    def checkpoint(name: str | None = None) -> None:
-        trainer = engine.state_dict()
-        if pool is not None and pool.refreshed_at is not None:
-            trainer |= {"pool_ids": pool.ids, "pool_scores": pool.scores}
-            state.extra["pool_refreshed_at"] = pool.refreshed_at
-        save_checkpoint(run_dir, state, policy, trainer, keep=cfg.runtime.keep_checkpoints, name=name,
-                        rank_trainer={**engine.rank_state_dict(), "sampler": sampler.get_state()}, rt=rt)
+    def __init__(self, cfg: Config) -> None:
+        if not cfg.init:
+            raise ValueError("align needs a pretrained checkpoint: pass --init PATH (or set `init:` in the config)")
+        super().__init__(policy_config(cfg), cfg.align)
+        self.cfg, a = cfg, cfg.align
+        self.label = a.strategy
+        uses_ce = a.strategy == "ce" or a.ce_weight > 0
+        self.stat_names = ("loss", "logp_chosen", *(("ce",) if uses_ce else ()),
+                           *(DPO_STATS if a.strategy != "ce" else ()))
+        load_weights(cfg.init, self.model)
+        self.reference = make_model(cfg, self.data, self.rt.device)
+        load_weights(cfg.init, self.reference)
+        join_expert_groups(self.reference, attach=True)  # no engine wraps the reference
+        self.reference.eval().requires_grad_(False)
+        self.ref_table = self.reference.item_encoder.item_table(cfg.eval.item_chunk)
+        self.truth = self.data.truth
 
-    def validate() -> dict[str, float]:
-        return evaluate_splits(policy, data, cfg, rt, ("valid",))["valid"]
+        self.contexts = TrainingContexts.from_split(load_split(self.data.dir, "train"), a.positions, cfg.model.max_len)
+        self.context_users = self.contexts.context_users()
+        self.pool = CandidatePool(self.contexts, cfg.pool.k) if a.strategy in POOL_STRATEGIES else None
+        self.num_items = self.data.manifest.num_items
+        self.variant = "sdpo" if a.strategy == "sdpo" else ("pairwise" if a.num_negatives == 1 else "mean")
+        # negatives are drawn per rank (each rank has its own contexts): one stream per rank, saved per rank
+        self.sampler = torch.Generator().manual_seed(cfg.runtime.seed + 7919 * self.rt.rank)
+        self.false_negatives = FalseNegativeCounter()
+        per_rank = math.ceil(self.contexts.num_sequences / self.rt.world_size)
+        self.build_engine(self.model, steps_per_epoch(per_rank, a))
+        self.log_due = False
 
-    def refresh_pool() -> None:
-        source = policy if cfg.pool.source == "policy" else reference
-        table = ref_table if source is reference else policy.item_encoder.item_table(cfg.eval.item_chunk)
-        stats = pool.refresh(source, table, step=state.step, max_len=cfg.model.max_len,
-                             batch_size=cfg.eval.batch_size, rt=rt)
-        log.log(state.step, {"pool_refresh_s": stats.seconds, "pool_mb": stats.size_mb,
-                             "peak_rss_mb": stats.peak_rss_mb}, kind="pool")
+    # ------------------------------------------------------------------ batches
 
-    def micro_step(index: torch.Tensor, weight: float) -> dict[str, float]:
-        seq, exclude, pos = contexts.batch(index.tolist(), cfg.model.max_len, exclude_target=True)
-        seq, pos = seq.to(rt.device), pos.to(rt.device)
-        with autocast:  # the transformer in bf16 when align.bf16; scores and losses in fp32
-            out = engine.trainee(seq)
-            with torch.no_grad():
-                h_ref = reference.user_state(seq)
-        h, h_ref = out.hidden[:, -1].float(), h_ref.float()
-        pool_ids, pool_scores = pool.rows(index) if pool is not None else (None, None)
-        neg = select_negatives(a.strategy, pool_ids=pool_ids, pool_scores=pool_scores, exclude=exclude,
-                               num_items=num_items, m=a.num_negatives, sampling=a.sampling,
-                               temperature=a.temperature, generator=sampler).to(rt.device)
-        ids = torch.cat([pos[:, None], neg], dim=1)
-        unique, inverse = ids.unique(return_inverse=True)
-        ref_scores = (h_ref[:, None, :] * ref_table[ids]).sum(-1)
-        dpo = dpo_loss(h, None, policy.item_encoder(unique).float(), inverse[:, 0], inverse[:, 1:], a.beta,
-                       ref_scores=(ref_scores[:, 0], ref_scores[:, 1:]), variant=variant,
-                       label_smoothing=a.label_smoothing)
-        loss = dpo.loss + cfg.moe.aux_weight * out.aux_loss
-        stats = {"loss": dpo.loss.item(), "margin": dpo.margins.mean().item(),
-                 "accuracy": dpo.accuracy.float().mean().item(),
-                 "chosen_reward": dpo.chosen_rewards.mean().item(),
-                 "rejected_reward": dpo.rejected_rewards.mean().item()}
-        if a.ce_weight > 0:
-            ce = chunked_cross_entropy(h, pos, policy.item_encoder, cfg.pretrain.item_chunk, num_items)
-            loss = loss + a.ce_weight * ce
-            stats["ce"] = ce.item()
-        engine.backward(loss * weight)
-        if truth is not None:
-            stats["false_negative_rate"] = float(truth.is_relevant(contexts.users[index.numpy()], neg.cpu().numpy()).mean())
+    def epoch_groups(self, epoch: int) -> Iterator[list[np.ndarray]]:
+        """This rank's contiguous share of each global batch, cut into micro-batches of sequences."""
+        a, rt = self.cfg.align, self.rt
+        for batch in global_batches(self.contexts.num_sequences, self.contexts.lengths(), self.cfg, epoch,
+                                    rt.world_size):
+            share = np.array_split(batch, rt.world_size)[rt.rank]
+            yield [share[i:i + a.batch_size] for i in range(0, len(share), a.batch_size)]
+
+    def units(self, batch: np.ndarray) -> int:
+        return int(self.contexts.contexts_per_sequence()[batch].sum())
+
+    # ------------------------------------------------------------------ one micro-batch
+
+    def micro_step(self, batch: np.ndarray, scale: float, micro_batches: int) -> dict[str, float]:
+        cfg, a = self.cfg, self.cfg.align
+        b = self.contexts.batch(batch)
+        h, h_ref, aux = self._states(b)
+        loss, stats = h.new_zeros(()), {}
+        pos = b.targets.to(self.rt.device)
+        s_pos = (h * self.model.item_encoder(pos)).sum(-1).float()
+        uses_ce = a.strategy == "ce" or a.ce_weight > 0
+        logz = None
+        if uses_ce or self.log_due:
+            with self.autocast, torch.set_grad_enabled(uses_ce):
+                logz = log_partition(h, self.model.item_encoder, cfg.pretrain.item_chunk, self.num_items)
+        if uses_ce:
+            ce = (logz - s_pos).sum()
+            loss = loss + (1.0 if a.strategy == "ce" else a.ce_weight) * ce
+            stats["ce"] = float(ce.detach())
+        if a.strategy != "ce":
+            dpo, ref_pos = self._dpo(b, h, h_ref)
+            n = len(pos)
+            loss = loss + dpo.loss * n
+            stats |= {"dpo_loss": float(dpo.loss.detach()) * n, "margin": float(dpo.margins.mean()) * n,
+                      "accuracy": float(dpo.accuracy.mean()) * n}
+            if self.log_due:
+                stats |= self._rewards(dpo, logz.detach(), h_ref, ref_pos, n)
+        if self.log_due:
+            stats["logp_chosen"] = float((s_pos - logz).detach().sum())
+        self.engine.backward(loss * scale + cfg.moe.aux_weight * aux / micro_batches)
+        stats["loss"] = float(loss.detach())
         return stats
 
-    policy.train()
-    if state.step == 0:
-        log.log(0, {"epoch": 0, **validate()}, kind="valid")
-    while state.epoch < a.epochs:
-        order = torch.randperm(len(contexts), generator=torch.Generator().manual_seed(cfg.runtime.seed * 7919 + state.epoch))
-        shard = order[rt.rank::rt.world_size]
-        groups = shard.split(a.batch_size * a.grad_accum)
-        log.bar(steps_per_epoch, state.batch_in_epoch, f"align[{a.strategy}] epoch {state.epoch + 1}/{a.epochs}")
-        for i in range(state.batch_in_epoch, steps_per_epoch):  # the same count on every rank
-            group = groups[i] if i < len(groups) else shard[:0]
-            if pool is not None and (pool.due(state.step, cfg.pool.refresh_steps)
-                                     or (cfg.pool.refresh_each_epoch and state.batch_in_epoch == 0)):
-                refresh_pool()
-            # exactly `grad_accum` passes on every rank (zero-weighted fillers where its data ran
-            # out), each weighted by its share of the global batch
-            parts = [idx for idx in group.split(a.batch_size) if len(idx)]
-            total = float(rt.sum(torch.tensor(float(len(group)), device=rt.device)))
-            rows = [micro_step(idx, rt.world_size * len(idx) / total) for idx in parts]
-            for _ in range(a.grad_accum - len(parts)):
-                micro_step(order[:1], 0.0)
-            grad_norm = engine.step()
-            finish_step(state)
-            stats = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
-            stats |= {"grad_norm": grad_norm, "lr": engine.lr}
-            log.advance({"loss": stats.get("loss", 0.0), "acc": stats.get("accuracy", 0.0)})
-            if a.eval_every_steps and state.step % a.eval_every_steps == 0:
-                track_best(state, validate(), cfg.eval.metric, log, checkpoint)
-            if end_of_step(state, stats, cfg.runtime, log, checkpoint, preemption, rt):
-                return {}
-        state.epoch += 1
-        state.batch_in_epoch = 0
-        track_best(state, validate(), cfg.eval.metric, log, checkpoint)
-        checkpoint()
-    log.close_bar()
+    def _states(self, b: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Policy states (with grad), reference states, MoE aux loss: [C, d] fp32 each context."""
+        seq = b.seq.to(self.rt.device)
+        with self.autocast:  # the transformer in bf16 when align.bf16; scores and losses in fp32
+            out = self.engine.trainee(seq)
+            with torch.no_grad():
+                ref_hidden = self.reference(seq).hidden
+        at = (b.rows.to(self.rt.device), b.cols.to(self.rt.device))
+        return out.hidden[at].float(), ref_hidden[at].float(), out.aux_loss
 
-    return report_best(policy, run_dir, data, cfg, rt, log, state.step, a.strategy)
+    def _dpo(self, b: SequenceBatch, h: torch.Tensor, h_ref: torch.Tensor):
+        a = self.cfg.align
+        pool_ids, pool_scores = self.pool.rows(b.context_ids) if self.pool is not None else (None, None)
+        neg, ranks = select_negatives(a.strategy, pool_ids=pool_ids, pool_scores=pool_scores, exclude=b.exclude,
+                                      num_items=self.num_items, m=a.num_negatives, sampling=a.sampling,
+                                      temperature=a.temperature, window_start=a.window_start,
+                                      generator=self.sampler)
+        if self.truth is not None:
+            self.false_negatives.add(self.truth, b.users.numpy(), neg.numpy(), ranks.numpy())
+        neg = neg.to(self.rt.device)
+        ids = torch.cat([b.targets.to(self.rt.device)[:, None], neg], dim=1)
+        unique, inverse = ids.unique(return_inverse=True)
+        ref_scores = (h_ref[:, None, :] * self.ref_table[ids]).sum(-1)
+        dpo = dpo_loss(h, None, self.model.item_encoder(unique).float(), inverse[:, 0], inverse[:, 1:], a.beta,
+                       ref_scores=(ref_scores[:, 0], ref_scores[:, 1:]), variant=self.variant,
+                       label_smoothing=a.label_smoothing)
+        return dpo, ref_scores[:, 0]
 
+    @torch.no_grad()
+    def _rewards(self, dpo, logz: torch.Tensor, h_ref: torch.Tensor, ref_pos: torch.Tensor, n: int) -> dict[str, float]:
+        """Implicit rewards as TRL logs them: beta * (log pi(i) - log pi_ref(i)), full-softmax log-probs
+        (score minus the catalog's log-partition), summed over contexts."""
+        beta = self.cfg.align.beta
+        logz_ref = log_partition(h_ref, self.ref_table, self.cfg.eval.item_chunk)
+        shift = beta * (logz - logz_ref)  # the per-context constant the margins are invariant to
+        return {"chosen_reward": float((dpo.chosen_rewards - shift).sum()),
+                "rejected_reward": float((dpo.rejected_rewards.reshape(n, -1).mean(1) - shift).sum()),
+                "logp_chosen_ref": float((ref_pos - logz_ref).sum())}
+
+    def filler_step(self) -> None:
+        with self.autocast:
+            out = self.engine.trainee(torch.ones(1, 1, dtype=torch.long, device=self.rt.device))
+        self.engine.backward(out.hidden.sum() * 0.0 + out.aux_loss * 0.0)
+
+    # ------------------------------------------------------------------ around the steps
+
+    def begin(self, state: TrainState) -> None:
+        if state.step == 0:
+            self.track(state)  # the step-0 policy (the backbone) competes for best
+
+    def before_step(self, state: TrainState) -> None:
+        self.log_due = (state.step + 1) % self.cfg.runtime.log_every == 0
+        refresh_epoch = self.cfg.pool.refresh_each_epoch and state.batch_in_epoch == 0
+        if self.pool is not None and (self.pool.due(state.step, self.cfg.pool.refresh_steps) or refresh_epoch):
+            self._refresh_pool(state)
+
+    def _refresh_pool(self, state: TrainState) -> None:
+        source = self.model if self.cfg.pool.source == "policy" else self.reference
+        table = self.ref_table if source is self.reference else self.model.item_encoder.item_table(self.cfg.eval.item_chunk)
+        stats = self.pool.refresh(source, table, step=state.step, batch_size=self.cfg.eval.batch_size, rt=self.rt)
+        record = {"pool_refresh_s": stats.seconds, "pool_mb": stats.size_mb, "peak_rss_mb": stats.peak_rss_mb,
+                  "contexts": len(self.contexts)}
+        if self.truth is not None:
+            rates = pool_rates(self.truth, self.context_users, self.pool.ids)
+            record |= rates
+            history = state.extra.setdefault("pool_false_negative_rates", [])
+            history.append(rates)
+        self.log.log(state.step, record, kind="pool")
+
+    def after_step(self, state: TrainState) -> None:
+        a = self.cfg.align
+        if a.reference_update_every and state.step % a.reference_update_every == 0:
+            self._update_reference()
+        if a.eval_every_steps and state.step % a.eval_every_steps == 0:
+            self.track(state)
+
+    @torch.no_grad()
+    def _update_reference(self) -> None:
+        """TR-DPO soft update: ref <- alpha * policy + (1 - alpha) * ref (then its item table again)."""
+        alpha = self.cfg.align.reference_update_alpha
+        for ref, new in zip(self.reference.parameters(), self.model.parameters()):
+            ref.mul_(1 - alpha).add_(new.detach(), alpha=alpha)
+        self.ref_table = self.reference.item_encoder.item_table(self.cfg.eval.item_chunk)
+
+    # ------------------------------------------------------------------ state and report
+
+    def shared_state(self) -> dict[str, Any]:
+        return {"pool": self.pool.state_dict()} if self.pool is not None else {}
+
+    def rank_state(self) -> dict[str, Any]:
+        state = {"sampler": self.sampler.get_state(), "false_negatives": self.false_negatives.counts}
+        if self.cfg.align.reference_update_every:
+            state["reference"] = self.reference.state_dict()
+        return state
+
+    def load_state(self, shared: dict[str, Any], own: dict[str, Any]) -> None:
+        if self.pool is not None:
+            self.pool.load_state_dict(shared.get("pool", {}))
+        if "sampler" in own:  # absent when resumed on another number of ranks
+            self.sampler.set_state(own["sampler"])
+            self.false_negatives.counts = own["false_negatives"]
+        if self.cfg.align.reference_update_every:
+            if "reference" not in own:
+                raise ValueError("this run updates its reference (align.reference_update_every): resume it on the "
+                                 "number of ranks that saved it")
+            self.reference.load_state_dict(own["reference"])
+            self.ref_table = self.reference.item_encoder.item_table(self.cfg.eval.item_chunk)
+
+    def final_metrics(self, state: TrainState) -> dict[str, Any]:
+        if self.truth is None:
+            return {}
+        counts = self.rt.sum(self.false_negatives.counts.to(self.rt.device)).cpu()
+        out: dict[str, Any] = {}
+        if counts[:, 0].sum() > 0:  # the ce control draws no negatives
+            out = FalseNegativeCounter.rates(counts, self.cfg.pool.k) | {"negatives_checked": int(counts[:, 0].sum())}
+        history = state.extra.get("pool_false_negative_rates", [])
+        for key in dict.fromkeys(k for h in history for k in h):
+            out[key] = float(np.mean([h[key] for h in history if key in h]))
+        return out
+
+
+def align(cfg: Config, resume: str | None = None, overwrite: bool = False, preemption=None):
+    """Align the policy; returns {"valid": ..., "test": ...} metrics of the best checkpoint."""
+    return Alignment(cfg).run(resume, overwrite, preemption)

@@ -21,17 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from rodpo_dist.model.expert_parallel import full_state_dict, local_state_dict
-from rodpo_dist.train.runtime import Runtime
+from rodpo_dist.model.expert_parallel import full_state_dict
+from rodpo_dist.model.weights import CheckpointError, load_weights
+from rodpo_dist.runtime import Runtime
 
 LATEST = "latest"
 STATE = "state.json"
-
-
-class CheckpointError(FileNotFoundError):
-    """A checkpoint that is missing or incomplete; the message names the path."""
 
 
 @dataclass
@@ -90,12 +87,13 @@ def _clean_up_killed_saves(run_dir: Path) -> None:
 
 def save_checkpoint(run_dir: str | Path, state: TrainState, model: torch.nn.Module, trainer: dict[str, Any],
                     keep: int = 2, name: str | None = None, rank_trainer: dict[str, Any] | None = None,
-                    rt: Runtime | None = None) -> Path:
+                    rt: Runtime | None = None, files: dict[str, str] | None = None) -> Path:
     """Write `run_dir/ckpt-<step>` (or `run_dir/<name>`) atomically and point `latest` at it.
 
     Collective: every rank calls it (with its own `rank_trainer`); rank 0 writes the shared files.
     `trainer` holds optimizer/scheduler state dicts and anything else made of tensors and plain
-    containers. Only the newest `keep` step checkpoints are kept (named ones are never pruned).
+    containers; `files` are text files (name -> content) written beside them, e.g. the run's config.
+    Only the newest `keep` step checkpoints are kept (named ones are never pruned).
     """
     rt = rt or Runtime(torch.device("cpu"))
     run_dir = Path(run_dir)
@@ -116,6 +114,8 @@ def save_checkpoint(run_dir: str | Path, state: TrainState, model: torch.nn.Modu
         save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
         torch.save(trainer, tmp / "trainer.pt")
         (tmp / STATE).write_text(json.dumps({**state.__dict__, "world_size": rt.world_size}, indent=1))
+        for file, text in (files or {}).items():
+            (tmp / file).write_text(text)
         _fsync_files(tmp)
         old = run_dir / f".{final.name}.old"
         if final.exists():  # a named checkpoint (`best`) is replaced: set aside, swap in, delete
@@ -166,22 +166,6 @@ def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
         raise CheckpointError(f"checkpoint {path} is incomplete: it needs model.safetensors, trainer.pt, "
                               f"{STATE} and one rank<r>.pt per rank")
     return path
-
-
-def load_weights(path: str | Path, model: torch.nn.Module) -> None:
-    """Load only the model weights of checkpoint `path` (strict: names and shapes must match)."""
-    file = Path(path) / "model.safetensors"
-    if not file.is_file():
-        raise CheckpointError(f"checkpoint {path} has no model.safetensors")
-    weights = local_state_dict(model, load_file(str(file)))
-    expected = model.state_dict()
-    missing, unexpected = expected.keys() - weights.keys(), weights.keys() - expected.keys()
-    wrong = [k for k in expected.keys() & weights.keys() if expected[k].shape != weights[k].shape]
-    if missing or unexpected or wrong:
-        raise CheckpointError(f"checkpoint {path} does not fit the model: missing {sorted(missing)[:5]}, "
-                              f"unexpected {sorted(unexpected)[:5]}, other shapes {sorted(wrong)[:5]} "
-                              f"(was it trained with another model config?)")
-    model.load_state_dict(weights)
 
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module,

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from rodpo_dist.config import RuntimeConfig
-from rodpo_dist.train.runtime import Runtime
+from rodpo_dist.runtime import Runtime
 
 Scheduler = torch.optim.lr_scheduler.LRScheduler
 

@@ -36,28 +36,38 @@ def _real_targets(hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
     return hidden[real], targets[real]
 
 
+def log_partition(hidden: torch.Tensor, items: Items, chunk: int, num_items: int | None = None,
+                  exclude_padding: bool = True) -> torch.Tensor:
+    """logsumexp over the catalog of hidden [T, d]'s scores -> [T] (fp32), `chunk` items at a time.
+
+    Differentiable; each chunk's logsumexp is checkpointed and recomputed in backward, so memory is
+    O(T x chunk), never T x N. The scores may be computed in bf16 (autocast); the log-sum-exp is fp32.
+    """
+    item_fn, n = _item_fn(items, num_items)
+
+    def chunk_logsumexp(h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return torch.logsumexp((h @ item_fn(ids).t()).float(), dim=-1)
+
+    ids = torch.arange(1 if exclude_padding else 0, n + 1, device=hidden.device)
+    partial = [checkpoint(chunk_logsumexp, hidden, block, use_reentrant=False) for block in ids.split(chunk)]
+    return torch.logsumexp(torch.stack(partial), dim=0)
+
+
 def chunked_cross_entropy(hidden: torch.Tensor, targets: torch.Tensor, items: Items, chunk: int,
                           num_items: int | None = None, exclude_padding: bool = True,
                           reduction: Reduction = "mean") -> torch.Tensor:
     """Next-item cross-entropy of hidden [T, d] over the whole catalog, `chunk` items at a time.
 
     Equals `F.cross_entropy(hidden @ table[1:].T, targets - 1)` (softmax over ids 1..N, or 0..N with
-    `exclude_padding=False`), in value and gradients, but never materialises T x N logits: each
-    chunk's logsumexp is checkpointed and recomputed in backward, so memory is O(T x chunk).
+    `exclude_padding=False`), in value and gradients, but never materialises T x N logits (see
+    `log_partition`).
     """
     item_fn, n = _item_fn(items, num_items)
     hidden, targets = _real_targets(hidden, targets)
     if targets.numel() == 0:
         return hidden.sum() * 0.0
-
-    def chunk_logsumexp(h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return torch.logsumexp(h @ item_fn(ids).t(), dim=-1)
-
-    first = 1 if exclude_padding else 0
-    ids = torch.arange(first, n + 1, device=hidden.device)
-    partial = [checkpoint(chunk_logsumexp, hidden, block, use_reentrant=False) for block in ids.split(chunk)]
-    target_logits = (hidden * item_fn(targets)).sum(-1)
-    losses = torch.logsumexp(torch.stack(partial), dim=0) - target_logits
+    target_logits = (hidden * item_fn(targets)).sum(-1).float()
+    losses = log_partition(hidden, item_fn, chunk, n, exclude_padding) - target_logits
     return losses.sum() if reduction == "sum" else losses.mean()
 
 

@@ -1,16 +1,21 @@
 """Negative selection: one switch, the same training loop.
 
-- `random`: uniform over the catalog minus the context's history and target.
+- `random`: uniform over the catalog minus the user's known positives (its training sequence).
 - `hard`:   the deterministic top-M of the candidate pool (the hardest negatives; what RoDPO argues
             against, since the top unobserved items are often false negatives).
-- `rodpo`:  M items drawn without replacement from the pool, redrawn at every step; uniform over
-            the pool, or a softmax over the pool scores with a temperature.
+- `rodpo`:  M items drawn without replacement from the pool, redrawn at every step: uniform over
+            the pool, a softmax over the pool scores with a temperature, or uniform over the pool
+            ranks (s, K] (`window`: the s most likely false negatives are never drawn).
 - `sdpo`:   drawn like `rodpo`, scored with the multi-negative softmax-DPO loss.
+
+Pool strategies also return each negative's 0-based rank in its pool row.
 """
 
 from __future__ import annotations
 
 import torch
+
+NOT_FROM_POOL = -1
 
 
 def sample_random(exclude: torch.Tensor, num_items: int, m: int, generator: torch.Generator) -> torch.Tensor:
@@ -24,35 +29,43 @@ def sample_random(exclude: torch.Tensor, num_items: int, m: int, generator: torc
     return out
 
 
-def sample_from_pool(pool_ids: torch.Tensor, pool_scores: torch.Tensor, m: int, sampling: str,
-                     temperature: float, generator: torch.Generator) -> torch.Tensor:
-    """[b, m] ids drawn without replacement from each row's pool (empty slots, id -1, never drawn).
-
-    A row with fewer than m valid entries repeats its valid entries; a row with none raises.
-    """
+def pool_weights(pool_ids: torch.Tensor, pool_scores: torch.Tensor, sampling: str, temperature: float,
+                 window_start: int) -> torch.Tensor:
+    """[b, K] sampling weights over each pool row (0 for empty slots and, with `window`, ranks <= s)."""
     valid = pool_ids >= 0
     if not valid.any(dim=1).all():
-        raise ValueError("candidate pool: a context has no candidate left (every item is in its history)")
+        raise ValueError("candidate pool: a context has no candidate left (every item is a known positive)")
     if sampling == "softmax":
         logits = (pool_scores / temperature).masked_fill(~valid, float("-inf"))
-        weights = torch.softmax(logits, dim=1).clamp_min(1e-12) * valid  # no valid entry underflows to 0
-    else:
-        weights = valid.float()
-    short = valid.sum(dim=1) < m
+        return torch.softmax(logits, dim=1).clamp_min(1e-12) * valid  # no valid entry underflows to 0
+    weights = valid.float()
+    if sampling == "window":
+        weights[:, :window_start] = 0.0
+        empty = weights.sum(1) == 0  # a short row: fall back to its valid entries
+        weights[empty] = valid[empty].float()
+    return weights
+
+
+def sample_from_pool(pool_ids: torch.Tensor, weights: torch.Tensor, m: int,
+                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """([b, m] ids, [b, m] pool ranks) drawn without replacement with `weights`; a row with fewer
+    than m drawable entries draws with replacement."""
+    short = (weights > 0).sum(dim=1) < m
     picks = torch.empty(pool_ids.shape[0], m, dtype=torch.long)
     if (~short).any():
         picks[~short] = torch.multinomial(weights[~short], m, replacement=False, generator=generator)
     if short.any():
         picks[short] = torch.multinomial(weights[short], m, replacement=True, generator=generator)
-    return pool_ids.gather(1, picks)
+    return pool_ids.gather(1, picks), picks
 
 
 def select_negatives(strategy: str, *, pool_ids: torch.Tensor | None, pool_scores: torch.Tensor | None,
                      exclude: torch.Tensor, num_items: int, m: int, sampling: str, temperature: float,
-                     generator: torch.Generator) -> torch.Tensor:
-    """[b, m] negative item ids for a batch of contexts under `strategy`."""
+                     window_start: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """([b, m] negative item ids, [b, m] their pool ranks or NOT_FROM_POOL) under `strategy`."""
     if strategy == "random":
-        return sample_random(exclude, num_items, m, generator)
+        ids = sample_random(exclude, num_items, m, generator)
+        return ids, torch.full_like(ids, NOT_FROM_POOL)
     if pool_ids is None or pool_scores is None:
         raise ValueError(f"strategy {strategy!r} needs a candidate pool")
     if strategy == "hard":
@@ -61,7 +74,8 @@ def select_negatives(strategy: str, *, pool_ids: torch.Tensor | None, pool_score
         hard = pool_ids[:, :m].long()
         if (hard < 0).any():
             raise ValueError("candidate pool: fewer than align.num_negatives candidates left for a context")
-        return hard
+        return hard, torch.arange(m).expand_as(hard).clone()
     if strategy in ("rodpo", "sdpo"):
-        return sample_from_pool(pool_ids.long(), pool_scores, m, sampling, temperature, generator)
+        weights = pool_weights(pool_ids, pool_scores, sampling, temperature, window_start)
+        return sample_from_pool(pool_ids.long(), weights, m, generator)
     raise ValueError(f"unknown negative strategy {strategy!r}")

@@ -1,9 +1,11 @@
 """The dynamic top-K candidate pool of RoDPO.
 
-For every training context (a history prefix and its target item) the pool holds the K
-highest-scoring items under a model, with the target and the whole history excluded. It is built
-with the pool-scoring op, the catalog sharded over ranks (item tiles, O(contexts x K) state: the contexts x items score matrix is
-never formed) and stored compactly as int32 ids plus their float32 scores.
+For every training context the pool holds the K highest-scoring items under a model, the user's
+whole training sequence (its known positives, the target among them) excluded. It is refreshed
+with the shared scoring loop (`eval.catalog.top_items`: one forward pass per training window gives
+all its contexts' states; the catalog is scored in item tiles, sharded over ranks, never as a
+contexts x items matrix) over windows of similar length, and stored compactly as int32 ids with
+their float32 scores. The pool saves and restores its own state (`state_dict`).
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import resource
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from rodpo_dist.eval.catalog import catalog_topk
-from rodpo_dist.eval.evaluate import Contexts
-from rodpo_dist.train.runtime import Runtime
+from rodpo_dist.data.batching import sorted_batches
+from rodpo_dist.data.contexts import TrainingContexts
+from rodpo_dist.eval.catalog import ScoringBatch, top_items
+from rodpo_dist.runtime import Runtime
 
 
 @dataclass
@@ -27,31 +31,25 @@ class RefreshStats:
 
 
 class CandidatePool:
-    def __init__(self, contexts: Contexts, k: int) -> None:
+    def __init__(self, contexts: TrainingContexts, k: int) -> None:
         self.contexts = contexts
         self.k = k
         self.ids = torch.full((len(contexts), k), -1, dtype=torch.int32)
         self.scores = torch.full((len(contexts), k), float("-inf"))
         self.refreshed_at: int | None = None
 
-    @torch.no_grad()
-    def refresh(self, model: torch.nn.Module, item_table: torch.Tensor, *, step: int, max_len: int,
-                batch_size: int, rt: Runtime) -> RefreshStats:
+    def refresh(self, model: torch.nn.Module, item_table: torch.Tensor, *, step: int, batch_size: int,
+                rt: Runtime) -> RefreshStats:
         """Recompute every context's top-K under `model` and `item_table` ([N+1, d], row 0 padding).
 
-        A collective with several ranks: each scores its slice of the catalog (`catalog_topk`).
+        `batch_size` counts training windows. A collective with several ranks.
         """
         tic = time.perf_counter()
-        was_training = model.training
-        model.eval()
-        items = item_table[1:].to(rt.device)
-        for start in range(0, len(self.contexts), batch_size):
-            stop = min(start + batch_size, len(self.contexts))
-            seq, exclude, _ = self.contexts.batch(range(start, stop), max_len, exclude_target=True)
-            top = catalog_topk(model.user_state(seq.to(rt.device)).float(), items, self.k, exclude.to(rt.device), rt)
-            self.ids[start:stop] = top.ids.to(torch.int32).cpu()
-            self.scores[start:stop] = top.scores.float().cpu()
-        model.train(was_training)
+        windows = (self.contexts.batch(index) for index in sorted_batches(self.contexts.lengths(), batch_size))
+        scoring = (ScoringBatch(w.seq, w.exclude, (w.rows, w.cols), w.context_ids) for w in windows)
+        for batch, top in top_items(model, item_table, self.k, scoring, rt):
+            self.ids[batch.meta] = top.ids.to(torch.int32).cpu()
+            self.scores[batch.meta] = top.scores.float().cpu()
         self.refreshed_at = step
         size_mb = (self.ids.numel() * 4 + self.scores.numel() * 4) / 2**20
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -60,6 +58,20 @@ class CandidatePool:
     def due(self, step: int, refresh_steps: int) -> bool:
         return self.refreshed_at is None or step - self.refreshed_at >= refresh_steps
 
-    def rows(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def rows(self, context_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids int64 [b, K] with -1 for empty slots, scores [b, K]) of the given contexts."""
-        return self.ids[index].long(), self.scores[index]
+        return self.ids[context_ids].long(), self.scores[context_ids]
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.refreshed_at is None:
+            return {}
+        return {"ids": self.ids, "scores": self.scores, "refreshed_at": torch.tensor(self.refreshed_at)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        if tuple(state["ids"].shape) != tuple(self.ids.shape):
+            raise ValueError(f"saved candidate pool has shape {tuple(state['ids'].shape)}, this run's is "
+                             f"{tuple(self.ids.shape)} (other contexts or pool.k)")
+        self.ids, self.scores = state["ids"], state["scores"]
+        self.refreshed_at = int(state["refreshed_at"])

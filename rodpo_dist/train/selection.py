@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from rodpo_dist.config import Config
-from rodpo_dist.eval.evaluate import evaluate, write_report
-from rodpo_dist.model import SASRec
-from rodpo_dist.train.checkpoint import TrainState, load_weights
+from rodpo_dist.data.dataset import PreparedDataset, load_dataset
+from rodpo_dist.eval.evaluate import evaluate, markdown_table, save_ranks, write_report
+from rodpo_dist.eval.truth import liked_ndcg
+from rodpo_dist.model import SASRec, make_model
+from rodpo_dist.model.weights import load_weights
+from rodpo_dist.runtime import Runtime
+from rodpo_dist.train.checkpoint import TrainState
 from rodpo_dist.train.run_log import RunLog
-from rodpo_dist.train.runtime import Runtime
-from rodpo_dist.train.setup import Dataset
+
+RANKS_FILE = "ranks.npz"
 
 
 def track_best(state: TrainState, metrics: dict[str, float], metric: str, log: RunLog,
@@ -25,21 +29,40 @@ def track_best(state: TrainState, metrics: dict[str, float], metric: str, log: R
     return True
 
 
-def evaluate_splits(model: SASRec, data: Dataset, cfg: Config, rt: Runtime,
-                    splits: tuple[str, ...] = ("valid", "test")) -> dict[str, dict[str, float]]:
-    """Full-ranking metrics of `model` on each split (one item table for all; collective over ranks)."""
+def evaluate_splits(model: SASRec, data: PreparedDataset, cfg: Config, rt: Runtime,
+                    splits: tuple[str, ...] = ("valid", "test"), ranks_to: Path | None = None
+                    ) -> dict[str, dict[str, float]]:
+    """Full-ranking metrics of `model` on each split (one item table for all; collective over ranks).
+
+    With `ranks_to`, rank 0 also saves every user's target rank per split there (`eval.save_ranks`).
+    """
     table = model.item_encoder.item_table(cfg.eval.item_chunk)
-    return {split: evaluate(model, table, getattr(data, split), ks=cfg.eval.ks, max_len=cfg.model.max_len,
-                            batch_size=cfg.eval.batch_size, rt=rt) for split in splits}
+    results, ranks = {}, {}
+    for split in splits:
+        contexts = getattr(data, split)
+        results[split], r = evaluate(model, table, contexts, ks=cfg.eval.ks, max_len=cfg.model.max_len,
+                                     batch_size=cfg.eval.batch_size, rt=rt)
+        ranks[split] = (contexts.users, r)
+    if ranks_to is not None and rt.is_main:
+        save_ranks(ranks_to, ranks)
+    return results
 
 
-def report_best(model: SASRec, run_dir: Path, data: Dataset, cfg: Config, rt: Runtime, log: RunLog,
-                step: int, label: str) -> dict[str, dict[str, float]]:
-    """Load the `best` checkpoint, evaluate it on valid and test, log and write `report.{json,md}`."""
+def report_best(model: SASRec, run_dir: Path, data: PreparedDataset, cfg: Config, rt: Runtime, log: RunLog,
+                step: int, label: str, extra: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
+    """Load `best`, evaluate it on valid and test (ranks saved; with a ground truth also `liked_ndcg@k`
+    on test), log and write `report.{json,md}`."""
     load_weights(run_dir / "best", model)
-    results = evaluate_splits(model, data, cfg, rt)
+    splits = ("valid", "test") if cfg.eval.report_test else ("valid",)
+    results = evaluate_splits(model, data, cfg, rt, splits, ranks_to=run_dir / RANKS_FILE)
+    if data.truth is not None and cfg.eval.report_test:
+        table = model.item_encoder.item_table(cfg.eval.item_chunk)
+        for k in cfg.eval.ks:
+            results["test"][f"liked_ndcg@{k}"] = liked_ndcg(model, table, data.test, data.truth, k=k,
+                                                             max_len=cfg.model.max_len,
+                                                             batch_size=cfg.eval.batch_size, rt=rt)
     if rt.is_main:
-        log.log(step, {f"{s}/{k}": v for s, m in results.items() for k, v in m.items()}, kind="final")
+        log.log(step, {f"{s}/{k}": v for s, m in results.items() for k, v in m.items()} | (extra or {}), kind="final")
         write_report(run_dir / "report", {f"{label} ({s})": m for s, m in results.items()}, cfg.eval.ks)
     log.close()
     return results
@@ -47,11 +70,8 @@ def report_best(model: SASRec, run_dir: Path, data: Dataset, cfg: Config, rt: Ru
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, splits: list[str]) -> dict[str, dict[str, float]]:
     """Full-ranking metrics of a saved checkpoint on `splits`; prints the Markdown table."""
-    from rodpo_dist.eval.evaluate import markdown_table
-    from rodpo_dist.train.setup import load_dataset, make_model
-
     rt = Runtime.create(cfg.runtime.device)
-    data = load_dataset(cfg)
+    data = load_dataset(cfg.data.prepared_dir, cfg.data.modalities)
     model = make_model(cfg, data, rt.device)
     load_weights(checkpoint, model)
     results = evaluate_splits(model, data, cfg, rt, tuple(splits))

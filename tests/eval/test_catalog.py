@@ -9,23 +9,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from rodpo_dist.eval.catalog import catalog_slice, catalog_topk
-from rodpo_dist.eval.evaluate import Contexts, evaluate
+from rodpo_dist.data import Contexts, SplitData, TrainingContexts
+from rodpo_dist.eval.evaluate import evaluate
 from rodpo_dist.train.pool import CandidatePool
-from rodpo_dist.train.runtime import Runtime
+from rodpo_dist.runtime import Runtime
 from rodpo_kernels import topk_scores
+from stand_ins import PrefixMean
 
 NUM_ITEMS, HIDDEN = 101, 8  # odd: the two slices differ in size
-
-
-class UserTower(torch.nn.Module):
-    """A stand-in model: user state = mean of the history's item vectors."""
-
-    def __init__(self, table: torch.Tensor) -> None:
-        super().__init__()
-        self.table = table
-
-    def user_state(self, seq: torch.Tensor) -> torch.Tensor:
-        return self.table[seq].sum(1) / (seq > 0).sum(1, keepdim=True).clamp(min=1)
 
 
 def problem() -> tuple[torch.Tensor, Contexts]:
@@ -40,12 +31,14 @@ def problem() -> tuple[torch.Tensor, Contexts]:
 
 def results(rt: Runtime) -> dict[str, object]:
     table, contexts = problem()
-    model = UserTower(table)
+    model = PrefixMean(table)
     seq, exclude, _ = contexts.batch(range(len(contexts)), 6, exclude_target=True)
     top = catalog_topk(model.user_state(seq), table[1:], 10, exclude, rt)
-    pool = CandidatePool(contexts, 7)
-    pool.refresh(model, table, step=0, max_len=6, batch_size=8, rt=rt)
-    metrics = evaluate(model, table, contexts, ks=[5, 10], max_len=6, batch_size=8, rt=rt)
+    sequences = [np.append(h, t) for h, t in zip(contexts.histories, contexts.targets)]
+    train = TrainingContexts.from_split(SplitData(contexts.users, sequences, contexts.targets * 0 - 1), "all", 6)
+    pool = CandidatePool(train, 7)
+    pool.refresh(model, table, step=0, batch_size=8, rt=rt)
+    metrics, _ = evaluate(model, table, contexts, ks=[5, 10], max_len=6, batch_size=8, rt=rt)
     return {"top": top, "pool": (pool.ids, pool.scores), "metrics": metrics}
 
 
@@ -68,7 +61,7 @@ def test_two_ranks_equal_one_process(tmp_path):
     single = results(Runtime(torch.device("cpu")))
     table, contexts = problem()
     seq, exclude, _ = contexts.batch(range(len(contexts)), 6, exclude_target=True)
-    reference = topk_scores(UserTower(table).user_state(seq), table[1:], 10, exclude=exclude, id_offset=1,
+    reference = topk_scores(PrefixMean(table).user_state(seq), table[1:], 10, exclude=exclude, id_offset=1,
                             backend="reference")
     torch.testing.assert_close(single["top"].scores, reference.scores)
     half = catalog_slice(NUM_ITEMS, Runtime(torch.device("cpu"), 1, 2))[0] + 1  # first id of rank 1's slice

@@ -186,3 +186,44 @@ def test_auto_never_picks_triton_on_cpu():
     from rodpo_kernels.dpo_loss import _resolve
 
     assert _resolve("auto", torch.zeros(1)) == "cpu"
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+@pytest.mark.parametrize("variant,n_neg", [("pairwise", 1), ("sdpo", 4)])
+def test_a_constant_per_context_leaves_the_loss_unchanged(backend, variant, n_neg):
+    """DPO sees only differences of one context's scores: adding c_b to every policy score of
+    context b (an extra coordinate: h_b gets c_b, every item 1) or to every reference score changes nothing."""
+    h, h_ref, items, _, pos, neg = make_inputs(6, 17, 5, n_neg)
+    g = torch.Generator().manual_seed(9)
+    ref_scores = (torch.randn(6, generator=g), torch.randn(6, n_neg, generator=g))
+    base = run(backend, h, items, None, pos, neg, 0.7, ref_scores=ref_scores, variant=variant)
+    c = torch.randn(6, 1, generator=g) * 3
+    h_shift = torch.cat([h.detach(), c], 1)
+    items_shift = torch.cat([items.detach(), torch.ones(17, 1)], 1)
+    policy = run(backend, h_shift, items_shift, None, pos, neg, 0.7, ref_scores=ref_scores, variant=variant)
+    reference = run(backend, h, items, None, pos, neg, 0.7, variant=variant,
+                    ref_scores=(ref_scores[0] + c[:, 0], ref_scores[1] + c))
+    for shifted in (policy, reference):
+        torch.testing.assert_close(shifted[0].loss, base[0].loss, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(shifted[0].margins, base[0].margins, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(policy[1][:, :5], base[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_no_gradient_reaches_the_reference(backend):
+    h, h_ref, items, ref_items, pos, neg = make_inputs(5, 11, 4, 2)
+    h_ref.requires_grad_()
+    ref_items.requires_grad_()
+    dpo_loss(h, h_ref, items, pos, neg, 0.5, ref_items=ref_items, variant="mean", backend=backend).loss.backward()
+    assert h_ref.grad is None and ref_items.grad is None and h.grad is not None and items.grad is not None
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_swapping_chosen_and_rejected_flips_the_margin(backend):
+    h, h_ref, items, ref_items, pos, neg = make_inputs(6, 13, 4, 1)
+    kwargs = {"ref_items": ref_items, "variant": "pairwise"}
+    a = run(backend, h, items, h_ref, pos, neg, 0.9, **kwargs)[0]
+    b = run(backend, h, items, h_ref, neg[:, 0], pos[:, None], 0.9, **kwargs)[0]
+    torch.testing.assert_close(b.margins, -a.margins, atol=1e-6, rtol=0)
+    # -log sig(x) - (-log sig(-x)) = -x: the two losses differ by the mean margin
+    torch.testing.assert_close(a.loss - b.loss, -a.margins.mean(), atol=1e-5, rtol=0)

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TINY = ["data.synthetic.num_items=200", "data.synthetic.num_users=145", "data.synthetic.num_clusters=8",
         "data.synthetic.max_seq_len=12", "data.users_per_shard=40", "data.shuffle_buffer=1", "model.hidden=16",
-        "model.heads=1", "model.max_len=10", "model.dropout=0.0", "pretrain.epochs=2", "pretrain.warmup_steps=2",
+        "model.heads=1", "model.max_len=10", "model.dropout=0.0", "data.length_window=1", "pretrain.epochs=2", "pretrain.warmup_steps=2",
         "pretrain.item_chunk=64", "runtime.progress=false", "runtime.log_every=1"]
 ZERO = str(REPO / "configs" / "deepspeed" / "zero{}.json")
 

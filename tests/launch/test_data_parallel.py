@@ -82,4 +82,4 @@ def test_expert_parallel_run_trains_and_its_checkpoint_evaluates_the_same_on_one
     cfg = load_config(REPO / "configs" / "demo.yaml", [*TINY, f"data.prepared_dir={data_dir}", *moe, "moe.ep_size=1"])
     single = evaluate_checkpoint(cfg, run / "best", ["test"])["test"]
     reported = json.loads((run / "report.json").read_text())["backbone (test)"]
-    assert single == pytest.approx(reported, abs=1e-9)
+    assert single == pytest.approx({k: reported[k] for k in single}, abs=1e-9)

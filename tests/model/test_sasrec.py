@@ -48,15 +48,6 @@ def test_all_padding_row_gives_zero_state():
     assert torch.all(model.user_state(torch.zeros(1, 4, dtype=torch.long)) == 0)
 
 
-def test_score_is_dot_product_with_item_vectors():
-    model = _model()
-    users = model.user_state(SEQ)
-    candidates = torch.tensor([[1, 2, 3], [4, 5, 6]])
-    expected = torch.einsum("bd,bcd->bc", users, model.item_encoder(candidates))
-    torch.testing.assert_close(model.score(users, candidates), expected)
-    torch.testing.assert_close(model.score(users, candidates[:, 0]), expected[:, 0])
-
-
 def test_position_and_id_embeddings_start_at_the_same_scale():
     """A default N(0, 1) positional table (norm ~sqrt(hidden)) drowned the ID vectors (norm ~1)."""
     torch.manual_seed(0)

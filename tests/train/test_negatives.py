@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rodpo_dist.train.negatives import select_negatives
+from rodpo_dist.train.negatives import NOT_FROM_POOL, select_negatives
 
 
 def _gen(seed=0):
@@ -14,27 +14,36 @@ POOL_SCORES = torch.tensor([[4.0, 3.0, 2.0, 1.0, float("-inf"), float("-inf")],
 EXCLUDE = torch.tensor([[1, 3, -1], [2, 5, 7]])
 
 
-def _select(strategy, m=1, sampling="uniform", temperature=1.0, seed=0, pool=(POOL_IDS, POOL_SCORES)):
-    return select_negatives(strategy, pool_ids=pool[0], pool_scores=pool[1], exclude=EXCLUDE, num_items=12,
-                            m=m, sampling=sampling, temperature=temperature, generator=_gen(seed))
+def _draw(strategy, pool_ids=POOL_IDS, pool_scores=POOL_SCORES, exclude=EXCLUDE, m=1, sampling="uniform",
+          temperature=1.0, window_start=0, seed=0):
+    """(ids, pool ranks) of `select_negatives`."""
+    return select_negatives(strategy, pool_ids=pool_ids, pool_scores=pool_scores, exclude=exclude, num_items=12,
+                            m=m, sampling=sampling, temperature=temperature, window_start=window_start,
+                            generator=_gen(seed))
+
+
+def _select(strategy, **kwargs):
+    return _draw(strategy, **kwargs)[0]
 
 
 def test_hard_takes_the_deterministic_top_of_the_pool():
-    assert _select("hard", m=2).tolist() == [[5, 9], [3, 4]]
+    ids, ranks = _draw("hard", m=2)
+    assert ids.tolist() == [[5, 9], [3, 4]] and ranks.tolist() == [[0, 1], [0, 1]]
     with pytest.raises(ValueError, match="fewer than align.num_negatives"):
         _select("hard", m=5)
 
 
 def test_random_never_draws_excluded_items_and_covers_the_rest():
-    neg = select_negatives("random", pool_ids=None, pool_scores=None, exclude=EXCLUDE.repeat(500, 1),
-                           num_items=12, m=4, sampling="uniform", temperature=1.0, generator=_gen())
+    neg, ranks = _draw("random", pool_ids=None, pool_scores=None, exclude=EXCLUDE.repeat(500, 1), m=4)
+    assert (ranks == NOT_FROM_POOL).all()
     for row, excl in zip(neg.view(500, 2, 4).unbind(1), EXCLUDE):
         drawn = set(row.flatten().tolist())
         assert drawn == set(range(1, 13)) - set(excl.tolist())
 
 
 def test_rodpo_draws_only_valid_pool_members_without_replacement():
-    neg = _select("rodpo", m=3)
+    neg, ranks = _draw("rodpo", m=3)
+    assert torch.equal(POOL_IDS.gather(1, ranks), neg)  # the ranks say where each came from
     for row, pool in zip(neg, POOL_IDS):
         assert len(set(row.tolist())) == 3
         assert set(row.tolist()) <= set(pool[pool >= 0].tolist())
@@ -43,8 +52,7 @@ def test_rodpo_draws_only_valid_pool_members_without_replacement():
 def test_rodpo_uniform_is_uniform_over_the_pool():
     """Chi-square test: 4000 single draws over the 4 valid members of row 0."""
     ids = POOL_IDS[:1].repeat(4000, 1)
-    neg = select_negatives("rodpo", pool_ids=ids, pool_scores=POOL_SCORES[:1].repeat(4000, 1), exclude=EXCLUDE[:1],
-                           num_items=12, m=1, sampling="uniform", temperature=1.0, generator=_gen(1))
+    neg = _select("rodpo", pool_ids=ids, pool_scores=POOL_SCORES[:1].repeat(4000, 1), exclude=EXCLUDE[:1], seed=1)
     counts = torch.stack([(neg == i).sum() for i in (5, 9, 2, 7)]).double()
     chi2 = ((counts - 1000.0) ** 2 / 1000.0).sum().item()
     assert chi2 < 16.27  # p = 0.001 with 3 degrees of freedom
@@ -52,9 +60,8 @@ def test_rodpo_uniform_is_uniform_over_the_pool():
 
 def test_rodpo_softmax_follows_the_tempered_scores():
     n = 20000
-    neg = select_negatives("rodpo", pool_ids=POOL_IDS[:1].repeat(n, 1), pool_scores=POOL_SCORES[:1].repeat(n, 1),
-                           exclude=EXCLUDE[:1], num_items=12, m=1, sampling="softmax", temperature=2.0,
-                           generator=_gen(2))
+    neg = _select("rodpo", pool_ids=POOL_IDS[:1].repeat(n, 1), pool_scores=POOL_SCORES[:1].repeat(n, 1),
+                  exclude=EXCLUDE[:1], sampling="softmax", temperature=2.0, seed=2)
     expected = torch.softmax(torch.tensor([4.0, 3.0, 2.0, 1.0]) / 2.0, dim=0)
     observed = torch.stack([(neg == i).double().mean() for i in (5, 9, 2, 7)])
     assert torch.allclose(observed, expected.double(), atol=0.015)
@@ -72,5 +79,20 @@ def test_short_pool_repeats_and_empty_pool_raises():
     assert set(neg[0].tolist()) <= {5, 9, 2, 7}
     empty = (torch.full((1, 3), -1), torch.full((1, 3), float("-inf")))
     with pytest.raises(ValueError, match="no candidate left"):
-        select_negatives("rodpo", pool_ids=empty[0], pool_scores=empty[1], exclude=EXCLUDE[:1], num_items=12,
-                         m=1, sampling="uniform", temperature=1.0, generator=_gen())
+        _draw("rodpo", pool_ids=empty[0], pool_scores=empty[1], exclude=EXCLUDE[:1])
+
+
+def test_window_never_draws_the_top_ranks_and_is_uniform_over_the_rest():
+    n = 6000
+    ids, ranks = _draw("rodpo", pool_ids=POOL_IDS[1:].repeat(n, 1), pool_scores=POOL_SCORES[1:].repeat(n, 1),
+                       exclude=EXCLUDE[1:], sampling="window", window_start=2, seed=3)
+    assert ranks.min() == 2  # pool ranks 1 and 2 (0-based 0, 1) are skipped
+    counts = torch.stack([(ids == i).sum() for i in (8, 6, 1, 10)]).double()
+    chi2 = ((counts - n / 4) ** 2 / (n / 4)).sum().item()
+    assert chi2 < 16.27  # p = 0.001 with 3 degrees of freedom
+
+
+def test_window_on_a_row_shorter_than_the_window_falls_back_to_its_candidates():
+    ids, _ = _draw("rodpo", sampling="window", window_start=4, m=1)
+    assert ids[0].item() in {5, 9, 2, 7}  # row 0 has 4 candidates: none past rank 4
+    assert ids[1].item() in {1, 10}

