@@ -54,7 +54,7 @@ def _cmd_align(args: argparse.Namespace) -> None:
 
 def _checkpoint_config(args: argparse.Namespace) -> Config:
     """`--config` when given, else the config saved with the checkpoint; overrides applied."""
-    from rodpo_dist.train.run_dir import saved_config
+    from rodpo_dist.config import saved_config
 
     return _config(args) if args.config else saved_config(args.checkpoint, args.overrides)
 

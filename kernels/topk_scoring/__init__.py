@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import torch
@@ -29,6 +30,7 @@ def topk_scores(
     exclude: ExcludeArg = None,
     id_offset: int = 0,
     backend: Backend = "auto",
+    compute_dtype: torch.dtype | None = None,
 ) -> TopK:
     """Top-``k`` items per user by ``users @ items.T``, sorted descending.
 
@@ -38,6 +40,10 @@ def topk_scores(
     rounding, ids follow them (exact ties in any deterministic order); missing entries are
     ``-inf`` / ``-1``. ``backend="auto"`` uses Triton for CUDA tensors and the chunked PyTorch path
     otherwise (never Triton on CPU, even under ``TRITON_INTERPRET``).
+
+    ``compute_dtype`` (CPU backend only): dtype of the tile matmuls, ``torch.bfloat16`` (then the
+    candidates are re-scored in fp32: same result) or ``torch.float32``; ``None`` picks bf16 for
+    CPU tensors on CPUs with native bf16 dot products (AMX / AVX512-BF16), fp32 otherwise.
     """
     if users.dim() != 2 or items.dim() != 2 or users.shape[1] != items.shape[1]:
         raise ValueError(f"need users [B, d] and items [N, d], got {users.shape} and {items.shape}")
@@ -51,10 +57,12 @@ def topk_scores(
         empty = torch.full((users.shape[0], k), float("-inf"), device=items.device)
         return TopK(empty, torch.full_like(empty, -1, dtype=torch.long))
     name = _resolve(backend, items)
+    if compute_dtype is not None and name != "cpu":
+        raise ValueError(f"compute_dtype applies to the cpu backend only, not {name!r}")
     if name == "reference":
         return topk_scores_reference(users, items, k, exclude, id_offset)
     if name == "cpu":
-        topk_rows = cpu.topk_rows
+        topk_rows = partial(cpu.topk_rows, compute_dtype=compute_dtype)
     elif name == "triton":  # imported on first use: TRITON_INTERPRET is read at @triton.jit time
         from .triton import topk_rows
     else:

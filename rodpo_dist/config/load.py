@@ -150,3 +150,20 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+CONFIG_FILE = "config.yaml"
+"""The resolved config a run writes into its folder and into each of its checkpoints."""
+
+
+def saved_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The resolved config of the run that wrote `path` (a checkpoint or its run folder), overrides applied."""
+    path = Path(path)
+    saved = next((p / CONFIG_FILE for p in (path, path.parent) if (p / CONFIG_FILE).is_file()), None)
+    if saved is None:
+        raise FileNotFoundError(f"{path}: no {CONFIG_FILE} in it or in its parent (not a checkpoint or run folder "
+                                f"of this trainer?); pass --config")
+    raw = read_yaml(saved)
+    for text in overrides:
+        apply_override(raw, *parse_override(text))
+    return config_from_dict(raw, str(saved))

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import yaml
 
-from rodpo_dist.config import Config, StageConfig
+from rodpo_dist.config import CONFIG_FILE, Config, StageConfig
 from rodpo_dist.data.dataset import PreparedDataset, load_dataset
 from rodpo_dist.model import SASRec, make_model, optimizer_param_groups
 from rodpo_dist.runtime import Preemption, Runtime, seed_everything
@@ -125,7 +125,7 @@ class Recipe(ABC):
         save_checkpoint(self.run_dir, self.state, self.model, {**self.engine.state_dict(), **self.shared_state()},
                         keep=self.cfg.runtime.keep_checkpoints, name=name, rt=self.rt,
                         rank_trainer={**self.engine.rank_state_dict(), **self.rank_state()},
-                        files={"config.yaml": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)})
+                        files={CONFIG_FILE: yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)})
 
     def run(self, resume: str | None = None, overwrite: bool = False,
             preemption: Preemption | None = None) -> Results:

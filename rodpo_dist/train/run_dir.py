@@ -13,12 +13,10 @@ import json
 import shutil
 from pathlib import Path
 
-from rodpo_dist.config import (Config, apply_override, config_from_dict, config_hash, differing_keys, parse_override,
-                               read_yaml, save_config)
+from rodpo_dist.config import CONFIG_FILE, Config, config_hash, differing_keys, read_yaml, save_config
 from rodpo_dist.runtime import Runtime
 from rodpo_dist.train.checkpoint import resolve_resume
 
-CONFIG_FILE = "config.yaml"
 IDENTITY_FILE = "run.json"
 
 
@@ -30,19 +28,6 @@ def run_folder(cfg: Config) -> Path:
     """`<runtime.run_dir>/<runtime.run_name>`; the name defaults to `pretrain` or `align-<strategy>`."""
     name = cfg.runtime.run_name or ("pretrain" if cfg.stage == "pretrain" else f"align-{cfg.align.strategy}")
     return Path(cfg.runtime.run_dir) / name
-
-
-def saved_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The resolved config of the run that wrote `path` (a checkpoint or its run folder), overrides applied."""
-    path = Path(path)
-    saved = next((p / CONFIG_FILE for p in (path, path.parent) if (p / CONFIG_FILE).is_file()), None)
-    if saved is None:
-        raise FileNotFoundError(f"{path}: no {CONFIG_FILE} in it or in its parent (not a checkpoint or run folder "
-                                f"of this trainer?); pass --config")
-    raw = read_yaml(saved)
-    for text in overrides:
-        apply_override(raw, *parse_override(text))
-    return config_from_dict(raw, str(saved))
 
 
 def _differences(saved: Path, cfg: Config) -> str:

@@ -28,13 +28,20 @@ BACKENDS = ["cpu", "triton"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
-@pytest.fixture(params=["small_chunks", "default_chunks"])
+@pytest.fixture(params=["small_chunks", "mid_chunks", "default_chunks"])
 def chunking(request, monkeypatch):
-    """Small chunks make every test walk many tiles, overflow and retry (Triton)."""
+    """Small chunks make every test walk many tiles, overflow and retry, and (CPU) pilot only
+    part of the catalogue; mid chunks (CPU) are large enough for oneDNN's bf16 mode to engage."""
     if request.param == "small_chunks":
         monkeypatch.setattr(cpu, "TILE_ELEMENTS", 64)
-        monkeypatch.setattr(cpu, "GROUP", 8)
+        monkeypatch.setattr(cpu, "FANOUT", 2)
         monkeypatch.setattr(triton_topk, "CAP_SLACK", 3)
+    if request.param == "mid_chunks":
+        monkeypatch.setattr(cpu, "TILE_ELEMENTS", 2048)
+        monkeypatch.setattr(cpu, "FANOUT", 4)
+    if request.param != "default_chunks":
+        monkeypatch.setattr(cpu, "CAP_SLACK", 3)
+        monkeypatch.setattr(cpu, "PILOT_ITEMS_PER_K", 8)
     return request.param
 
 
@@ -192,3 +199,140 @@ def test_rejects_bad_arguments():
         topk_scores(users, items, 0)
     with pytest.raises(TypeError):
         topk_scores(users.bfloat16(), items, 2)
+
+
+# --- the CPU path scoring in bf16 (oneDNN's bf16 mode) and re-scoring in fp32 ---------------------
+
+BF16 = torch.bfloat16
+TIE_CASES = ["near_ties", "ulp_ties", "duplicates", "ascending"]
+
+
+def tie_inputs(case: str, n_users: int, n_items: int, dim: int, seed: int = 0):
+    """fp32 users and items whose scores bf16 cannot rank (all within its resolution), with:
+    near_ties: distinct fp32 scores ~1e-4 apart; ulp_ties: pairs of rows one fp32 ulp apart;
+    duplicates: rows repeated 3 times (exact ties); ascending: scores increasing along the rows
+    for every user (each tile beats all the previous ones)."""
+    g = torch.Generator().manual_seed(seed)
+    users = torch.randn(n_users, dim, generator=g)
+    center = torch.randn(1, dim, generator=g)
+    if case == "ascending":
+        users, center = users.abs(), center.abs()
+        return users, center * (1 + 1e-3 * torch.arange(n_items)[:, None] / n_items)
+    items = center + 1e-3 * torch.randn(n_items, dim, generator=g)
+    if case == "ulp_ties":
+        items[1::2] = items[::2][: n_items // 2]
+        items[1::2, 0] = torch.nextafter(items[1::2, 0], torch.tensor(float("inf")))
+    if case == "duplicates":
+        items = items[torch.arange(n_items) // 3]
+    return users, items
+
+
+def assert_no_better_item_missed(out: TopK, users, items, exclude, tol: float = 1e-5) -> None:
+    """Against the full fp32 score matrix: no non-excluded, non-returned item scores more than
+    ``tol`` above the worst returned one (ids and scores are checked by assert_topk_matches)."""
+    scores = users @ items.T
+    rows, cols = (exclude >= 0).nonzero(as_tuple=True)
+    scores[rows, exclude[rows, cols]] = float("-inf")
+    for b in range(scores.shape[0]):
+        ids = out.ids[b][out.ids[b] >= 0]
+        worst = scores[b, ids].min() if ids.numel() else float("inf")
+        scores[b, ids] = float("-inf")
+        assert scores[b].max() <= worst + tol
+
+
+@pytest.mark.parametrize("case", TIE_CASES)
+@pytest.mark.parametrize("n_users, n_items, k",
+                         [(1, 203, 37), (5, 203, 300), (6, 1000, 50), (4, 2000, 5)])
+def test_bf16_scoring_is_exact_on_ties_and_near_ties(case, n_users, n_items, k, chunking):
+    """Scores far below bf16 resolution apart, straddling the K boundary (the clusters hold every
+    item), with exclusions, B=1, K > N and N not a multiple of any tile: the bf16-scored path
+    must return the fp32 top-K; plain bf16 scoring must not (or the inputs test nothing)."""
+    users, items = tie_inputs(case, n_users, n_items, 24)
+    exclude = torch.randint(-1, n_items, (n_users, 7), generator=torch.Generator().manual_seed(2))
+    ref = topk_scores(users, items, k, exclude, backend="reference")
+    out = topk_scores(users, items, k, exclude, backend="cpu", compute_dtype=BF16)
+    assert_topk_matches(out, ref, users, items)
+    assert_no_better_item_missed(out, users, items, exclude)
+    if case in ("near_ties", "ascending") and k < n_items:
+        bf16 = topk_scores(users.bfloat16(), items.bfloat16(), k, exclude, backend="reference")
+        assert not all(set(a.tolist()) == set(b.tolist()) for a, b in zip(bf16.ids, ref.ids))
+        assert all(set(a.tolist()) == set(b.tolist()) for a, b in zip(out.ids, ref.ids))
+    again = topk_scores(users, items, k, exclude, backend="cpu", compute_dtype=BF16)
+    assert torch.equal(again.ids, out.ids) and torch.equal(again.scores, out.scores)
+
+
+def test_bf16_path_scores_tiles_in_bf16(monkeypatch):
+    """The default CPU path really scores its tiles with bf16 operands (errors far above fp32
+    rounding, within the bound), then returns exact fp32 scores."""
+    if not cpu.native_bf16():
+        pytest.skip("no native bf16 dot products on this CPU: the default is fp32")
+    users, items = tie_inputs("near_ties", 8, 600, 32)
+    errors = []
+    score_tile = cpu._score_tile
+
+    def spy(users32, items, lo, hi, buf, excluded):
+        scores = score_tile(users32, items, lo, hi, buf, excluded)
+        exact = items[lo:hi].double() @ users32.double().T
+        errors.append((scores[: hi - lo].double() - exact).abs().amax(0))
+        return scores
+
+    monkeypatch.setattr(cpu, "_score_tile", spy)
+    out = topk_scores(users, items, 20)
+    assert_topk_matches(out, topk_scores(users, items, 20, backend="reference"), users, items)
+    err = torch.stack(errors).amax(0)
+    assert (err > 1e-3).all(), "tiles were scored in fp32"
+    assert (err <= cpu.bf16_margin(users, items).double()).all()
+
+
+@pytest.mark.parametrize("dim", [24, 64, 512])  # oneDNN's bf16 mode stays fp32 up to 16
+@pytest.mark.parametrize("offset", [0.99, 1.9])
+def test_bf16_margin_holds_for_bf16_mode(dim, offset):
+    """The bound of the bf16 tile scores (fp32 operands rounded inside the matmul) on positive
+    entries ``offset`` half bf16 spacings above a bf16 value: 0.99 rounds every entry down by
+    almost the unit roundoff (errors add up: the bound must be tight); 1.9 rounds up by 0.1 under
+    round-to-nearest, but down by 1.9 under truncation (the bound would not hold)."""
+    g = torch.Generator().manual_seed(dim)
+
+    def entries(rows: int, scale: float) -> torch.Tensor:
+        base = 1 + torch.randint(0, 128, (rows, dim), generator=g) / 128  # bf16 values in [1, 2)
+        return (base + offset * 2.0**-8) * scale
+
+    users, items = entries(16, 4.0), entries(2000, 1.0)
+    buf = torch.empty(2048, 16)
+    no_exclusions = (torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))
+    with cpu._matmul_precision("bf16"):
+        approx = cpu._score_tile(users, items, 0, 2000, buf, no_exclusions)[:2000]
+    err = (approx.double() - items.double() @ users.double().T).abs().amax(0)
+    bound = cpu.bf16_margin(users, items).double()
+    assert (err <= bound).all()
+    if offset < 1 and cpu.native_bf16():
+        assert (err > bound / 2).all(), "bound is needlessly loose (or tiles not in bf16)"
+
+
+def test_compute_dtype_default_and_checks(monkeypatch):
+    items = torch.zeros(3, 4)
+    expected = BF16 if cpu.native_bf16() else torch.float32
+    assert cpu.compute_dtype_for(items, None) == expected
+    monkeypatch.setattr(cpu, "native_bf16", lambda: False)
+    assert cpu.compute_dtype_for(items, None) == torch.float32
+    assert cpu.compute_dtype_for(items, BF16) == BF16
+    with pytest.raises(ValueError):
+        topk_scores(items, items, 2, backend="cpu", compute_dtype=torch.float16)
+    with pytest.raises(ValueError):
+        topk_scores(items, items, 2, backend="reference", compute_dtype=BF16)
+
+
+def test_fp32_compute_overrides_and_restores_global_precision():
+    """``compute_dtype=float32`` is exact even when oneDNN's fp32 ops are globally set to bf16,
+    and the setting is restored afterwards."""
+    users, items = tie_inputs("near_ties", 6, 1000, 24)
+    ref = topk_scores(users, items, 50, backend="reference")
+    mkldnn = torch.backends.mkldnn
+    previous, mkldnn.fp32_precision = mkldnn.fp32_precision, "bf16"
+    try:
+        out = topk_scores(users, items, 50, backend="cpu", compute_dtype=torch.float32)
+        assert mkldnn.matmul.fp32_precision == "bf16"
+    finally:
+        mkldnn.fp32_precision = previous
+    assert all(set(a.tolist()) == set(b.tolist()) for a, b in zip(out.ids, ref.ids))
+    assert_topk_matches(out, ref, users, items)
