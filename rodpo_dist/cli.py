@@ -65,6 +65,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     evaluate_checkpoint(_checkpoint_config(args), args.checkpoint, splits=args.splits)
 
 
+def _cmd_recommend(args: argparse.Namespace) -> None:
+    from rodpo_dist.serve import Recommender, recommend_file
+
+    cfg = _checkpoint_config(args)
+    count = recommend_file(Recommender.from_checkpoint(args.checkpoint, cfg), args.input, args.out, args.k,
+                           skip_unknown=args.skip_unknown, progress=cfg.runtime.progress)
+    print(f"{args.out}: the top {args.k} items of {count} histories")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from rodpo_dist.serve import export_checkpoint
+
+    card = export_checkpoint(args.checkpoint, args.out, _checkpoint_config(args))
+    print(f"{args.out}: {card['dataset']['name']} model, test " +
+          ", ".join(f"{k} {v:.4f}" for k, v in card["metrics"]["test"].items() if k.startswith("ndcg")))
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from rodpo_dist.study.runner import run_demo
 
@@ -120,6 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--splits", nargs="+", default=["valid", "test"], choices=["valid", "test"])
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("recommend", help="top-K items for JSON-lines histories (reads the run's config)")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--input", required=True, help='JSON lines {"user": ..., "history": [raw item ids, oldest first]}')
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--out", required=True, help='JSON lines {"user": ..., "items": [raw item ids], "scores": [...]}')
+    p.add_argument("--skip-unknown", action="store_true", help="warn about unknown item ids and skip them")
+    p.set_defaults(func=_cmd_recommend)
+
+    p = sub.add_parser("export", help="a self-contained folder (torch.export program, item table, id map, card)")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="a new folder")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("demo", help="synthetic catalog -> pretrain -> RoDPO -> evaluation table")
     _add_config_args(p)

@@ -16,7 +16,7 @@ from rodpo_dist.config.sections import Config
 RUNTIME_ONLY = frozenset({
     "runtime.run_dir", "runtime.run_name", "runtime.device", "runtime.engine", "runtime.deepspeed_config",
     "runtime.log_every", "runtime.checkpoint_every", "runtime.keep_checkpoints", "runtime.progress",
-    "runtime.dist_timeout_s", "eval.batch_size", "eval.item_chunk", "eval.report_test", "pretrain.item_chunk",
+    "runtime.dist_timeout_s", "eval.batch_size", "eval.item_chunk", "eval.report_test", "model.length_groups", "pretrain.item_chunk",
 })
 RUNTIME_ONLY_SECTIONS = ("study.",)
 

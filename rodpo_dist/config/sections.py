@@ -57,10 +57,11 @@ class DataConfig:
     """Items per WebDataset sample in the item shards (one sample = a block of consecutive ids)."""
     users_per_shard: int = 50_000
     shuffle_buffer: int = 1000
-    length_window: int = 32
-    """Length-aware batching: training batches are cut from windows of `length_window` batches of
-    shuffled samples sorted by length (similar lengths share a batch, so little padding); the
-    batch order is shuffled again. 1 = plain random batches."""
+    length_window: int = 1
+    """Length-bucketed batching: training batches are cut from windows of `length_window` batches of
+    shuffled samples sorted by length, and the batch order is shuffled again. 1 = plain random
+    batches (the default: on Beauty, bucketing cost 7% validation NDCG@10 at 20 epochs; the padding
+    is removed by `model.length_groups` instead, which keeps random batches)."""
     num_workers: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -75,6 +76,9 @@ class ModelConfig:
     use_id_embedding: bool = True
     ffn_mult: int = 1
     """Feed-forward (and expert) inner width = ffn_mult * hidden; SASRec uses 1."""
+    length_groups: int = 4
+    """Run each batch as this many groups of similar length, each padded only to its own longest
+    sequence (same states as one padded pass, far less padding); 1 = one padded pass."""
 
 
 @dataclass

@@ -36,7 +36,7 @@ def _ranges(cfg: Config, problems: list[str]) -> None:
     syn, stages = cfg.data.synthetic, {"pretrain": cfg.pretrain, "align": cfg.align}
     positive_ints = {
         "model.hidden": cfg.model.hidden, "model.layers": cfg.model.layers, "model.heads": cfg.model.heads,
-        "model.max_len": cfg.model.max_len, "model.ffn_mult": cfg.model.ffn_mult,
+        "model.max_len": cfg.model.max_len, "model.ffn_mult": cfg.model.ffn_mult, "model.length_groups": cfg.model.length_groups,
         "moe.num_experts": cfg.moe.num_experts, "moe.ep_size": cfg.moe.ep_size,
         "pretrain.item_chunk": cfg.pretrain.item_chunk, "pretrain.num_sampled": cfg.pretrain.num_sampled,
         "pretrain.patience": cfg.pretrain.patience, "pretrain.eval_every_epochs": cfg.pretrain.eval_every_epochs,

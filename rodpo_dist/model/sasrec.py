@@ -92,11 +92,31 @@ class SASRec(nn.Module):
         ffn_moe = moe if moe.enabled and moe.placement in ("ffn", "both") else None
         self.blocks = nn.ModuleList(Block(cfg, ffn_moe) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.hidden)
+        # DeepSpeed-MoE exchanges tokens in every call: ranks must make the same number of calls
+        self.length_groups = 1 if moe.enabled and moe.backend == "deepspeed" else cfg.length_groups
 
     def forward(self, seq: torch.Tensor) -> SASRecOutput:
+        """Hidden states of seq [B, L]. With `model.length_groups` > 1 the rows run as that many groups
+        of similar length, each padded only to its own longest row: the same states as one padded
+        pass (left padding is masked), with far fewer padded positions. The MoE balance loss is
+        then the row-weighted mean of the groups' losses."""
         batch, length = seq.shape
         if length > self.max_len:
             raise ValueError(f"sequence length {length} exceeds model.max_len {self.max_len}")
+        if self.length_groups <= 1 or batch < 2 * self.length_groups:
+            return self._padded_forward(seq)
+        lengths = (seq != 0).sum(1)
+        order = torch.argsort(lengths, stable=True)
+        parts, aux_loss = [], seq.new_zeros((), dtype=torch.float32)
+        for rows in order.chunk(self.length_groups):
+            width = max(1, int(lengths[rows].max()))
+            out = self._padded_forward(seq[rows, length - width:])
+            parts.append(F.pad(out.hidden, (0, 0, length - width, 0)))
+            aux_loss = aux_loss + out.aux_loss * (len(rows) / batch)
+        return SASRecOutput(torch.cat(parts)[torch.argsort(order)], aux_loss)
+
+    def _padded_forward(self, seq: torch.Tensor) -> SASRecOutput:
+        batch, length = seq.shape
         keep = (seq != 0).unsqueeze(-1)
         x, aux_loss = self.item_encoder.encode_with_aux(seq)
         positions = torch.arange(self.max_len - length + 1, self.max_len + 1, device=seq.device)

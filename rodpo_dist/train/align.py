@@ -85,7 +85,7 @@ class Alignment(Recipe):
         self.sampler = torch.Generator().manual_seed(cfg.runtime.seed + 7919 * self.rt.rank)
         self.false_negatives = FalseNegativeCounter()
         per_rank = math.ceil(self.contexts.num_sequences / self.rt.world_size)
-        self.build_engine(self.model, steps_per_epoch(per_rank, a))
+        self.build_engine(self.model, steps_per_epoch(per_rank, a), len(self.contexts))
         self.log_due = False
 
     # ------------------------------------------------------------------ batches

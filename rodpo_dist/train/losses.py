@@ -13,7 +13,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from rodpo_dist.config import Config
 from rodpo_dist.model.sasrec import SASRec
@@ -36,21 +35,59 @@ def _real_targets(hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
     return hidden[real], targets[real]
 
 
+class _ChunkedLogSumExp(torch.autograd.Function):
+    """lse_t = log sum_j exp(h_t . w_j) over table rows [first:], one chunk of rows at a time.
+
+    Forward keeps only lse [T]; backward recomputes each chunk's scores s, and with
+    p = exp(s - lse) (in place) gives grad_h = (p @ W) * g and grad_W = p^T @ (h * g): two
+    element-wise passes per chunk and no T x N tensor. Matmuls in `dtype` (bf16 under autocast),
+    the exponentials and sums in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, table: torch.Tensor, first: int, chunk: int, dtype: torch.dtype):
+        h, lse = hidden.to(dtype), hidden.new_full((hidden.shape[0],), float("-inf"), dtype=torch.float32)
+        for lo in range(first, table.shape[0], chunk):
+            scores = (h @ table[lo:lo + chunk].to(dtype).t()).float()
+            lse = torch.logaddexp(lse, torch.logsumexp(scores, dim=1))
+        ctx.save_for_backward(hidden, table, lse)
+        ctx.first, ctx.chunk, ctx.dtype = first, chunk, dtype
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        hidden, table, lse = ctx.saved_tensors
+        h, hg = hidden.to(ctx.dtype), (hidden * grad[:, None]).to(ctx.dtype)
+        grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
+        grad_table = torch.zeros(table.shape, dtype=torch.float32, device=table.device)
+        for lo in range(ctx.first, table.shape[0], ctx.chunk):
+            rows = table[lo:lo + ctx.chunk].to(ctx.dtype)
+            p = (h @ rows.t()).float().sub_(lse[:, None]).exp_().to(ctx.dtype)
+            grad_h += (p @ rows).float()
+            grad_table[lo:lo + ctx.chunk] = (p.t() @ hg).float()
+        return (grad_h * grad[:, None]).to(hidden.dtype), grad_table.to(table.dtype), None, None, None
+
+
+def _compute_dtype(device: torch.device) -> torch.dtype:
+    """bf16 inside a bf16 autocast region, else fp32."""
+    if torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == torch.bfloat16:
+        return torch.bfloat16
+    return torch.float32
+
+
 def log_partition(hidden: torch.Tensor, items: Items, chunk: int, num_items: int | None = None,
                   exclude_padding: bool = True) -> torch.Tensor:
     """logsumexp over the catalog of hidden [T, d]'s scores -> [T] (fp32), `chunk` items at a time.
 
-    Differentiable; each chunk's logsumexp is checkpointed and recomputed in backward, so memory is
-    O(T x chunk), never T x N. The scores may be computed in bf16 (autocast); the log-sum-exp is fp32.
+    Differentiable in `hidden` and the item vectors (a callable `items` is evaluated once on every
+    id, so its parameters get the gradient); memory O(T x chunk), never T x N. Under a bf16
+    autocast the score matmuls run in bf16, the log-sum-exp in fp32.
     """
     item_fn, n = _item_fn(items, num_items)
-
-    def chunk_logsumexp(h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return torch.logsumexp((h @ item_fn(ids).t()).float(), dim=-1)
-
-    ids = torch.arange(1 if exclude_padding else 0, n + 1, device=hidden.device)
-    partial = [checkpoint(chunk_logsumexp, hidden, block, use_reentrant=False) for block in ids.split(chunk)]
-    return torch.logsumexp(torch.stack(partial), dim=0)
+    dtype = _compute_dtype(hidden.device)
+    table = items if isinstance(items, torch.Tensor) else item_fn(torch.arange(n + 1, device=hidden.device))
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _ChunkedLogSumExp.apply(hidden.float(), table.float(), 1 if exclude_padding else 0, chunk, dtype)
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, targets: torch.Tensor, items: Items, chunk: int,

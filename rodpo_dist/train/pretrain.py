@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 from rodpo_dist.config import Config
-from rodpo_dist.data import sequence_loader
+from rodpo_dist.data import load_split, sequence_loader
 from rodpo_dist.train.checkpoint import TrainState
 from rodpo_dist.train.losses import next_item_loss
 from rodpo_dist.train.recipe import Recipe
@@ -49,9 +50,11 @@ class Pretraining(Recipe):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg, cfg.pretrain)
-        samples = sum(shard.count for shard in self.data.manifest.shards["train"])
-        self.build_engine(self.model, loader_steps(samples, self.rt.world_size, cfg.data.num_workers,
-                                                   cfg.pretrain.batch_size * cfg.pretrain.grad_accum))
+        lengths = np.array([len(s) for s in load_split(self.data.dir, "train").sequences])
+        steps = loader_steps(len(lengths), self.rt.world_size, cfg.data.num_workers,
+                             cfg.pretrain.batch_size * cfg.pretrain.grad_accum)
+        targets = int((np.minimum(lengths, cfg.model.max_len + 1) - 1).clip(min=0).sum())  # what collate keeps
+        self.build_engine(self.model, steps, targets)
 
     def epoch_groups(self, epoch: int) -> Iterator[list[torch.Tensor]]:
         """Step batches of batch_size x grad_accum sequences (length-grouped as a whole, so accumulation

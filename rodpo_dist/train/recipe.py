@@ -3,9 +3,10 @@
 validation with selection of `best`, preemption, and the final report.
 
 A stage is a `Recipe`: it builds its model and engine, cuts each epoch into per-step groups of
-micro-batches, and runs one micro-batch forward and backward. The skeleton normalises every loss
-by the global count of its units (tokens or contexts) in the step, so a 2-rank run equals a 1-rank
-run with the same global batch, and accumulation equals a bigger batch.
+micro-batches, and runs one micro-batch forward and backward. The skeleton divides every step's
+summed loss by the epoch's mean number of loss units (targets or contexts) per step, so every unit
+of the epoch weighs the same whatever the batching, a 2-rank run equals a 1-rank run with the same
+global batch, and accumulation equals a bigger batch.
 """
 
 from __future__ import annotations
@@ -54,9 +55,13 @@ class Recipe(ABC):
         self.engine: Engine
         self.log: RunLog
 
-    def build_engine(self, model: SASRec, steps_per_epoch: int) -> None:
+    def build_engine(self, model: SASRec, steps_per_epoch: int, units_per_epoch: int) -> None:
+        """The optimizer, schedule and engine; every loss unit (target, context) of an epoch will weigh
+        the same: a step's summed loss is divided by the epoch's mean units per step, not by its own
+        count, so batches of long sequences are not down-weighted under length-aware batching."""
         s = self.stage
         self.steps_per_epoch = steps_per_epoch
+        self.units_per_step = max(units_per_epoch / steps_per_epoch, 1.0)
         optimizer = torch.optim.AdamW(optimizer_param_groups(model, s.weight_decay), lr=s.lr)
         scheduler = build_scheduler(optimizer, s.warmup_steps, steps_per_epoch * s.epochs, s.decay)
         self.engine = build_engine(self.cfg.runtime, model, optimizer, scheduler, self.rt,
@@ -189,8 +194,7 @@ class Recipe(ABC):
     def _step(self, group: list[Any]) -> dict[str, float]:
         """One optimizer step over this rank's micro-batches (fillers up to grad_accum)."""
         counts = [self.units(b) for b in group]
-        total = float(self.rt.sum(torch.tensor(float(sum(counts)), device=self.rt.device)))
-        scale = self.rt.world_size / max(total, 1.0)  # engines average gradients over ranks
+        scale = self.rt.world_size / self.units_per_step  # engines average gradients over ranks
         sums = dict.fromkeys(self.stat_names, 0.0) | {"units": float(sum(counts))}
         for batch in group:
             for key, value in self.micro_step(batch, scale, len(group)).items():

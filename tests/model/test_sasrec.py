@@ -103,3 +103,22 @@ def test_learns_next_item_on_cycles(moe):
     scores = model.user_state(seq) @ model.item_encoder.item_table(8)[1:].t()
     accuracy = (scores.argmax(1) + 1 == seq[:, -1] % N + 1).float().mean()
     assert accuracy >= 0.9
+
+
+def test_length_groups_give_the_states_and_gradients_of_one_padded_pass():
+    torch.manual_seed(0)
+    grouped = SASRec(ItemEncoder(30, 16, {}), ModelConfig(hidden=16, layers=2, heads=2, max_len=12, dropout=0.0,
+                                                         length_groups=3), MoEConfig())
+    plain = SASRec(ItemEncoder(30, 16, {}), ModelConfig(hidden=16, layers=2, heads=2, max_len=12, dropout=0.0,
+                                                       length_groups=1), MoEConfig())
+    plain.load_state_dict(grouped.state_dict())
+    gen = torch.Generator().manual_seed(1)
+    seq = torch.randint(1, 31, (11, 12), generator=gen)
+    for row, n in enumerate([0, 1, 2, 12, 3, 5, 1, 7, 12, 4, 2]):  # left-padded rows of mixed lengths
+        seq[row, : 12 - n] = 0
+    a, b = grouped(seq).hidden, plain(seq).hidden
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    for (name, p), q in zip(grouped.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
