@@ -22,7 +22,8 @@ import time
 
 import torch
 
-TOPK_PATHS = ("naive", "fast", "matmul", "matmul_tiled")
+TOPK_PATHS = ("naive", "fast", "fast_fp32", "matmul", "matmul_tiled", "matmul_tiled_bf16")
+FAST_PATHS = ("fast", "fast_fp32")
 DPO_PATHS = ("reference", "fused")
 
 
@@ -66,6 +67,7 @@ def _measure(fn, device: str, repeats: int) -> dict:
 
 def _topk_worker(args) -> dict:
     from rodpo_kernels import topk_scores
+    from rodpo_kernels.topk_scoring import cpu
 
     gen = torch.Generator().manual_seed(0)
     dtype = getattr(torch, args.dtype)
@@ -73,26 +75,36 @@ def _topk_worker(args) -> dict:
     items = _randn(args.items, args.dim, dtype, args.device, gen)
     tile = 1 << 14
 
-    def matmul_tiled():  # the floor of the chunked path: its matmuls alone
-        for lo in range(0, args.items, tile):
-            scores = users @ items[lo:lo + tile].T
-        return scores
+    def matmul_tiled(precision: str):
+        """The floor of the chunked path: its matmuls alone (items-major, into one buffer)."""
+        def run():
+            scores = torch.empty(tile, args.users, dtype=dtype, device=args.device)
+            with cpu.matmul_precision(precision):
+                for lo in range(0, args.items, tile):
+                    rows = items[lo:lo + tile]
+                    torch.mm(rows, users.T, out=scores[:rows.shape[0]])
+            return scores
+        return run
 
     paths = {
         "naive": lambda: tuple((users @ items.T).topk(args.k, dim=1)),
         "fast": lambda: tuple(topk_scores(users, items, args.k)),
+        "fast_fp32": lambda: tuple(topk_scores(users, items, args.k, compute_dtype=torch.float32)),
         "matmul": lambda: (users @ items.T)[:, :1].clone(),
-        "matmul_tiled": matmul_tiled,
+        "matmul_tiled": matmul_tiled("ieee"),
+        "matmul_tiled_bf16": matmul_tiled("bf16"),
     }
     out = _measure(paths[args.path], args.device, args.repeats)
-    if args.path in ("naive", "fast"):
+    if args.path in ("naive", *FAST_PATHS):
         scores, ids = out["result"]
         torch.save({"scores": scores.float().cpu(), "ids": ids.cpu()}, args.save)
-    if args.path == "fast":  # exactness against fp32 scores, first 16 users (after timing)
+    if args.path in FAST_PATHS:  # exactness against fp32 scores, first 16 users (after timing)
         exact = (users[:16].float() @ items.float().T).topk(args.k, dim=1)
         ref = {"scores": exact.values.cpu(), "ids": exact.indices.cpu()}
         mine = {"scores": scores[:16].float().cpu(), "ids": ids[:16].cpu()}
         out["fp32_check_16_users"] = _compare_ids(ref, mine)
+    if args.path == "fast" and args.device == "cpu":
+        out["compute"] = str(cpu.compute_dtype_for(items, None)).removeprefix("torch.")
     out.pop("result")
     out["gflops"] = 2 * args.users * args.items * args.dim / out["best_s"] / 1e9
     return out
@@ -175,6 +187,13 @@ def bench_topk(args) -> None:
                    f"> --max-naive-gib {args.max_naive_gib}")
             paths = [p for p in paths if p not in ("naive", "matmul")]
             skipped = {"naive": why, "matmul": why}
+        if args.device == "cuda":
+            paths = [p for p in paths if p not in ("fast_fp32", "matmul_tiled_bf16")]
+            skipped |= {"fast_fp32": "compute_dtype is a CPU-path option",
+                        "matmul_tiled_bf16": "oneDNN's bf16 mode is CPU-only"}
+        elif args.dtype != "float32":
+            paths.remove("matmul_tiled_bf16")
+            skipped["matmul_tiled_bf16"] = f"the items are {args.dtype} already"
         with tempfile.TemporaryDirectory() as tmp:
             results = {}
             for path in paths:
@@ -183,12 +202,18 @@ def bench_topk(args) -> None:
             title = (f"top-K scoring, {args.device}: B={args.users} N={n_items:,} d={args.dim} "
                      f"K={args.k} {args.dtype}")
             _print_table(title, results, skipped)
-            if "naive" in paths and all("best_s" in results[p] for p in ("naive", "fast")):
-                a, b = (torch.load(os.path.join(tmp, f"{p}.pt")) for p in ("naive", "fast"))
-                note = "" if args.dtype == "float32" else " (naive scores in low precision)"
-                print(f"\nfast vs naive{note}: {_compare_ids(a, b)}")
-            if "fp32_check_16_users" in results.get("fast", {}):
-                print(f"fast vs fp32 scores: {results['fast']['fp32_check_16_users']}")
+            if results.get("fast", {}).get("compute") == "bfloat16":
+                print("\nfast: tiles scored in bf16 (oneDNN's bf16 mode rounds the operands inside "
+                      "each tile matmul, within the timed call; no bf16 copy of the table is "
+                      "kept), candidates re-scored in fp32; fast_fp32: compute_dtype=float32")
+            elif "compute" in results.get("fast", {}):
+                print(f"\nfast: tiles scored in {results['fast']['compute']} (no native bf16)")
+            for fast in (p for p in FAST_PATHS if "best_s" in results.get(p, {})):
+                if "naive" in paths and "best_s" in results["naive"]:
+                    a, b = (torch.load(os.path.join(tmp, f"{p}.pt")) for p in ("naive", fast))
+                    note = "" if args.dtype == "float32" else " (naive scores in low precision)"
+                    print(f"{fast} vs naive{note}: {_compare_ids(a, b)}")
+                print(f"{fast} vs fp32 scores: {results[fast]['fp32_check_16_users']}")
 
 
 def bench_dpo(args) -> None:

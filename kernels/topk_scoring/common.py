@@ -185,11 +185,11 @@ def scan(
     """Exact running top-k over item chunks; returns (scores [B, k], rows [B, k], -1 = none).
 
     ``margin`` is the per-user error bound of ``candidates``' scores, or None when they are exact
-    fp32. Exact candidates are appended to a pool, cut back to its top k (one ``topk``) only when it
-    grows past ``POOL_WIDTH * k``; the threshold comes from the last cut. Chunks grow geometrically from ``first_chunk`` to ``max_chunk`` (the threshold is -inf
-    until k items are seen) and halve when a chunk overflows ``cap`` candidates per user; a chunk of
-    at most ``cap`` items always fits, so memory stays ``O(B * max(k, cap))`` beyond what
-    ``candidates`` holds.
+    fp32. Exact candidates are appended to a pool, cut back to its top k (one ``topk``) only when
+    it grows past ``POOL_WIDTH * k``; the threshold (-inf until k items are in) comes from the last
+    cut. Chunks grow geometrically from ``first_chunk`` to ``max_chunk`` and halve when a chunk
+    overflows ``cap`` candidates per user; a chunk of at most ``cap`` items always fits, so memory
+    stays ``O(B * max(k, cap))`` beyond what ``candidates`` holds.
     """
     n_users, n_items = users.shape[0], items.shape[0]
     pool = torch.full((n_users, k), NEG_INF, device=users.device)

@@ -1,18 +1,23 @@
 """Chunked PyTorch top-K scoring (the fast CPU path; plain torch ops, so it runs on any device).
 
-Per item tile: one ``torch.mm`` of the tile with the users into a reused items-major ``[T, B]``
-fp32 buffer (the faster orientation for oneDNN and for the reductions below), excluded entries set
-to -inf, then a two-level maximum: over groups of ``GROUP`` items, then over ``SUPER`` groups.
-Only the super-groups, then groups, then items whose maximum beats the user's threshold (the
-running K-th score, see ``common.scan``) are opened. Beyond the matmul a tile costs one streaming
-max-reduction plus work on its few candidates: no ``[B, N]`` tensor, no full-tile ``topk``, and
-the boolean ops (slow on CPU) only touch small tensors.
+Work split: a grid of (user block, item block) pairs, one single-threaded worker thread each;
+user blocks first, since each then scans the whole catalogue and its threshold rises further.
+
+Per worker, a pilot pass (:func:`_pilot`) sets a first threshold, then ``common.scan`` walks the
+items in tiles. Per tile: one ``torch.mm`` of the tile with the users into a reused items-major
+``[T, B]`` fp32 buffer (the faster orientation for oneDNN and for the reductions below), excluded
+entries set to -inf, then LEVELS levels of maxima over groups of FANOUT rows; only the children
+of entries above the user's threshold are looked at on the way down (:func:`_descend`). Beyond the
+matmul a tile costs one streaming max-reduction plus work on its few candidates: no ``[B, N]``
+tensor, no full-tile ``topk``, and the boolean ops (slow on CPU) only touch small tensors.
 
 Compute dtype. With bf16, the tile matmuls run under oneDNN's bf16 mode
 (``torch.backends.mkldnn.matmul.fp32_precision = "bf16"``: both operands rounded to bf16 inside
-the call, AMX / AVX512-BF16 dot products, fp32 accumulation and output); the candidates are a
-guaranteed superset of the fp32 top-K (``common.error_bound``) and are re-scored in fp32. With
-fp32 the matmuls are strict fp32 (``"ieee"``) and their scores are used as they are.
+the call, AMX / AVX512-BF16 dot products, fp32 accumulation and output; no bf16 copy of the table);
+the candidates are a guaranteed superset of the fp32 top-K (``common.error_bound``) and are
+re-scored in fp32. With fp32 the matmuls are strict fp32 (``"ieee"``) and their scores are used as
+they are. The precision is process-wide: while a call runs, other threads' fp32 oneDNN matmuls run
+in it too.
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ TILE_ELEMENTS = 1 << 22  # scores per tile and worker (16 MiB in fp32)
 FANOUT = 8  # rows per group at each level of the threshold prefilter
 LEVELS = 3  # levels of group maxima above the scores
 PILOT_LEVEL = 2  # the pilot ranks the maxima of groups of FANOUT**PILOT_LEVEL items
-PILOT_ITEMS_PER_K = 1024  # the pilot looks at this many items per k
+PILOT_ITEMS_PER_K = 2048  # the pilot looks at this many items per k
 CAP_SLACK = 1024  # candidate slots per user beyond 2k (more: the chunk is retried halved)
-MIN_SHARD = 2048  # items per worker thread at least
+MIN_SHARD = 2048  # items per item block at least
+MIN_BLOCK_USERS = 32  # users per user block at least
 BF16_FLAGS = {"amx_bf16", "avx512_bf16"}  # /proc/cpuinfo flags of native bf16 dot products
 FLUSH = 2.0**-126  # inputs and results below this may be flushed to zero by AMX
 
@@ -60,14 +66,17 @@ def compute_dtype_for(items: Tensor, compute_dtype: torch.dtype | None) -> torch
 
 
 @contextmanager
-def _matmul_precision(precision: str) -> Iterator[None]:
-    """oneDNN's fp32 matmul precision, process-wide, for the duration of the block."""
-    matmul = torch.backends.mkldnn.matmul
-    previous, matmul.fp32_precision = matmul.fp32_precision, precision
+def matmul_precision(precision: str) -> Iterator[None]:
+    """oneDNN's fp32 matmul precision, process-wide, for the duration of the block; afterwards it
+    inherits oneDNN's backend-wide setting again if it did ("none"; the getter resolves it)."""
+    mkldnn = torch.backends.mkldnn
+    previous = mkldnn.matmul.fp32_precision
+    restore = "none" if previous == mkldnn.fp32_precision else previous
+    mkldnn.matmul.fp32_precision = precision
     try:
         yield
     finally:
-        matmul.fp32_precision = previous
+        mkldnn.matmul.fp32_precision = restore
 
 
 def bf16_margin(users: Tensor, items: Tensor) -> Tensor:
@@ -85,11 +94,15 @@ def _slice_excluded(excluded: tuple[Tensor, Tensor], lo: int, hi: int) -> tuple[
     return rows[first:last] - lo, users[first:last]
 
 
-def _levels(scores: Tensor) -> list[Tensor]:
-    """``scores`` [R, B] and its maxima over groups of FANOUT rows, repeated LEVELS times."""
+def _levels(scores: Tensor, count: int) -> list[Tensor]:
+    """``scores`` [R, B] and its maxima over groups of FANOUT rows, repeated ``count`` times.
+
+    Row ``r`` of a level [R, B] belongs to group ``r % (R / FANOUT)``: the maximum of FANOUT
+    contiguous slabs, which vectorises better than groups of adjacent rows."""
     levels = [scores]
-    for _ in range(LEVELS):
-        levels.append(levels[-1].view(-1, FANOUT, scores.shape[1]).amax(1))
+    for _ in range(count):
+        rows = levels[-1].shape[0] // FANOUT
+        levels.append(levels[-1].view(FANOUT, rows, scores.shape[1]).amax(0))
     return levels
 
 
@@ -98,10 +111,10 @@ def _descend(levels: list[Tensor], thr: Tensor) -> tuple[Tensor, Tensor, Tensor]
     from the top level down, only the children of entries above ``thr`` are looked at."""
     n_users = thr.shape[0]
     users, idx = (levels[-1] > thr).T.nonzero(as_tuple=True)
-    values = levels[-1][:0, 0]
+    values = thr.new_empty(0)
     offsets = torch.arange(FANOUT, device=thr.device)
     for level in reversed(levels[:-1]):
-        children = idx[:, None] * FANOUT + offsets
+        children = idx[:, None] + offsets * (level.shape[0] // FANOUT)
         values = level.view(-1).take(children * n_users + users[:, None])
         keep = (values > thr[users][:, None]).view(-1).nonzero().squeeze(1)
         idx, users, values = children.view(-1)[keep], users[keep // FANOUT], values.view(-1)[keep]
@@ -145,14 +158,15 @@ def _pilot(users32: Tensor, items: Tensor, k: int, margin: Tensor | None, buf: T
     with a threshold as high as after this many items, and skips most of its early candidates.
     """
     n_rows, tile = min(items.shape[0], PILOT_ITEMS_PER_K * k), buf.shape[0]
-    top = buf.new_full((0, buf.shape[1]), NEG_INF)
+    maxima = [buf.new_full((0, buf.shape[1]), NEG_INF)]
     for lo in range(0, n_rows, tile):
         scores = _score_tile(users32, items, lo, min(n_rows, lo + tile), buf, excluded)
-        maxima = _levels(scores)[PILOT_LEVEL]
-        top = torch.cat([top, maxima]).topk(min(k, top.shape[0] + maxima.shape[0]), dim=0).values
-    if top.shape[0] < k:
+        maxima.append(_levels(scores, PILOT_LEVEL)[-1])
+    maxima = torch.cat(maxima)
+    if maxima.shape[0] < k:
         return buf.new_full((buf.shape[1],), NEG_INF)
-    return top[-1] if margin is None else top[-1] - 2 * margin
+    kth = maxima.topk(k, dim=0, sorted=False).values.amin(0)
+    return kth if margin is None else kth - 2 * margin
 
 
 def _tile_candidates(
@@ -161,49 +175,75 @@ def _tile_candidates(
 ) -> tuple[Tensor, RowsOf] | None:
     """Scores of ``items[lo:hi]`` above ``thr`` and ``floor`` (see CandidateFn and :func:`_pilot`),
     found through the group maxima. ``buf`` and ``excluded``: see :func:`_score_tile`."""
-    levels = _levels(_score_tile(users32, items, lo, hi, buf, excluded))
+    levels = _levels(_score_tile(users32, items, lo, hi, buf, excluded), LEVELS)
     rows, users, s_hat = _descend(levels, torch.maximum(thr, floor))
     return _dense(users, rows + lo, s_hat, users32.shape[0], cap)
 
 
-def _scan_shard(users: Tensor, items: Tensor, k: int, excluded: tuple[Tensor, Tensor],
-                tile: int, compute: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Top-k (scores, rows) over one contiguous shard of ``items``."""
-    margin = bf16_margin(users, items) if compute == torch.bfloat16 else None
-    users32 = users.float()
+def _scan_block(users: Tensor, items: Tensor, k: int, excluded: tuple[Tensor, Tensor],
+                margin: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Top-k (scores, rows) of one block of users over one contiguous block of ``items``."""
+    block = FANOUT**LEVELS
+    tile = max(block, TILE_ELEMENTS // max(users.shape[0], 1) // block * block)
     buf = torch.empty(tile, users.shape[0], device=items.device)
-    floor = _pilot(users32, items, k, margin, buf, excluded)
-    candidates = partial(_tile_candidates, users32, items, floor=floor, buf=buf,
-                         excluded=excluded)
-    return scan(users32, items, k, candidates, margin=margin, first_chunk=tile, max_chunk=tile,
-                cap=2 * k + CAP_SLACK)
+    floor = _pilot(users, items, k, margin, buf, excluded)
+    cap = 2 * k + CAP_SLACK
+    first = tile if bool(floor.isfinite().all()) else min(tile, cap)  # all candidates until k
+    candidates = partial(_tile_candidates, users, items, floor=floor, buf=buf, excluded=excluded)
+    return scan(users, items, k, candidates, margin=margin, first_chunk=first, max_chunk=tile,
+                cap=cap)
+
+
+def _grid(n_users: int, n_items: int, workers: int) -> tuple[list[range], list[range]]:
+    """User blocks and item blocks, one worker per pair: users first (each user block scans the
+    whole catalogue, so its threshold rises further), items when users are few."""
+    user_blocks = max(1, min(workers, n_users // MIN_BLOCK_USERS))
+    item_blocks = max(1, min(workers // user_blocks, n_items // MIN_SHARD))
+    return ([range(n_users * i // user_blocks, n_users * (i + 1) // user_blocks)
+             for i in range(user_blocks)],
+            [range(n_items * i // item_blocks, n_items * (i + 1) // item_blocks)
+             for i in range(item_blocks)])
+
+
+def _block_exclusions(keys: Tensor, n_items: int, users: range, items: range):
+    """(rows - items.start, users - users.start) of the ``keys`` in the block, sorted by row."""
+    bounds = torch.tensor([users.start * n_items, users.stop * n_items], device=keys.device)
+    first, last = torch.searchsorted(keys, bounds).tolist()
+    rows, owners = keys[first:last] % n_items, keys[first:last] // n_items - users.start
+    keep = (rows >= items.start) & (rows < items.stop)
+    rows, order = (rows[keep] - items.start).sort()
+    return rows, owners[keep][order]
 
 
 def topk_rows(users: Tensor, items: Tensor, k: int, keys: Tensor,
               compute_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
     """Top-k (scores, row indices) of ``users @ items.T`` with ``keys`` (see common) excluded.
 
-    ``compute_dtype``: see :func:`compute_dtype_for`. The catalogue is cut into up to
-    ``torch.get_num_threads()`` contiguous shards, each scanned by a single-threaded worker thread,
-    and the shard results merged: the many small per-tile ops then never fork-join. While the call
-    runs, oneDNN's fp32 matmul precision is set process-wide (see module docstring).
+    ``compute_dtype``: see :func:`compute_dtype_for`. The work is cut into a grid of up to
+    ``torch.get_num_threads()`` (user block, item block) pairs, each scanned by a single-threaded
+    worker thread (the many small per-tile ops then never fork-join), and the item blocks' results
+    merged. While the call runs, oneDNN's fp32 matmul precision is set process-wide (see module
+    docstring).
     """
     compute = compute_dtype_for(items, compute_dtype)
     n_items, n_users = items.shape[0], users.shape[0]
-    block = FANOUT**LEVELS
-    tile = max(block, TILE_ELEMENTS // max(n_users, 1) // block * block)
-    ex_rows, order = (keys % n_items).sort()
-    ex_users = (keys // n_items)[order]
-    workers = max(1, min(torch.get_num_threads(), n_items // MIN_SHARD))
-    bounds = [n_items * i // workers for i in range(workers + 1)]
+    users32 = users.float()
+    margin = bf16_margin(users, items) if compute == torch.bfloat16 else None
+    user_ranges, item_ranges = _grid(n_users, n_items, torch.get_num_threads())
 
-    def shard(lo: int, hi: int) -> tuple[Tensor, Tensor]:
+    def scan_block(user_range: range, item_range: range) -> tuple[Tensor, Tensor]:
         torch.set_num_threads(1)  # this worker thread only (a per-thread OpenMP setting)
-        excluded = _slice_excluded((ex_rows, ex_users), lo, hi)
-        scores, rows = _scan_shard(users, items[lo:hi], k, excluded, tile, compute)
-        return scores, torch.where(rows < 0, -1, rows + lo)
+        u, i = slice(user_range.start, user_range.stop), slice(item_range.start, item_range.stop)
+        excluded = _block_exclusions(keys, n_items, user_range, item_range)
+        scores, rows = _scan_block(users32[u], items[i], k, excluded,
+                                   None if margin is None else margin[u])
+        return scores, torch.where(rows < 0, -1, rows + item_range.start)
 
     precision = "bf16" if compute == torch.bfloat16 else "ieee"
-    with _matmul_precision(precision), ThreadPoolExecutor(workers) as pool:
-        parts = list(pool.map(shard, bounds[:-1], bounds[1:]))
-    return merge(torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1), k)
+    workers = len(user_ranges) * len(item_ranges)
+    with matmul_precision(precision), ThreadPoolExecutor(workers) as pool:
+        futures = [[pool.submit(scan_block, u, i) for i in item_ranges] for u in user_ranges]
+        parts = [[f.result() for f in row] for row in futures]
+    merged = [merge(torch.cat([s for s, _ in row], 1), torch.cat([r for _, r in row], 1), k)
+              for row in parts]
+    return torch.cat([s for s, _ in merged]), torch.cat([r for _, r in merged])

@@ -104,7 +104,7 @@ def chunked_cross_entropy(hidden: torch.Tensor, targets: torch.Tensor, items: It
     if targets.numel() == 0:
         return hidden.sum() * 0.0
     target_logits = (hidden * item_fn(targets)).sum(-1).float()
-    losses = log_partition(hidden, item_fn, chunk, n, exclude_padding) - target_logits
+    losses = log_partition(hidden, items, chunk, n, exclude_padding) - target_logits
     return losses.sum() if reduction == "sum" else losses.mean()
 
 

@@ -31,7 +31,8 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 @pytest.fixture(params=["small_chunks", "mid_chunks", "default_chunks"])
 def chunking(request, monkeypatch):
     """Small chunks make every test walk many tiles, overflow and retry, and (CPU) pilot only
-    part of the catalogue; mid chunks (CPU) are large enough for oneDNN's bf16 mode to engage."""
+    part of the catalogue and split it into blocks; mid chunks (CPU) are large enough for oneDNN's
+    bf16 mode to engage."""
     if request.param == "small_chunks":
         monkeypatch.setattr(cpu, "TILE_ELEMENTS", 64)
         monkeypatch.setattr(cpu, "FANOUT", 2)
@@ -42,6 +43,8 @@ def chunking(request, monkeypatch):
     if request.param != "default_chunks":
         monkeypatch.setattr(cpu, "CAP_SLACK", 3)
         monkeypatch.setattr(cpu, "PILOT_ITEMS_PER_K", 8)
+        monkeypatch.setattr(cpu, "MIN_SHARD", 64)  # blocks of users or items, one per thread
+        monkeypatch.setattr(cpu, "MIN_BLOCK_USERS", 2)
     return request.param
 
 
@@ -227,6 +230,10 @@ def tie_inputs(case: str, n_users: int, n_items: int, dim: int, seed: int = 0):
     return users, items
 
 
+def same_id_sets(a: TopK, b: TopK) -> bool:
+    return all(set(x.tolist()) == set(y.tolist()) for x, y in zip(a.ids, b.ids))
+
+
 def assert_no_better_item_missed(out: TopK, users, items, exclude, tol: float = 1e-5) -> None:
     """Against the full fp32 score matrix: no non-excluded, non-returned item scores more than
     ``tol`` above the worst returned one (ids and scores are checked by assert_topk_matches)."""
@@ -255,8 +262,7 @@ def test_bf16_scoring_is_exact_on_ties_and_near_ties(case, n_users, n_items, k, 
     assert_no_better_item_missed(out, users, items, exclude)
     if case in ("near_ties", "ascending") and k < n_items:
         bf16 = topk_scores(users.bfloat16(), items.bfloat16(), k, exclude, backend="reference")
-        assert not all(set(a.tolist()) == set(b.tolist()) for a, b in zip(bf16.ids, ref.ids))
-        assert all(set(a.tolist()) == set(b.tolist()) for a, b in zip(out.ids, ref.ids))
+        assert not same_id_sets(bf16, ref) and same_id_sets(out, ref)
     again = topk_scores(users, items, k, exclude, backend="cpu", compute_dtype=BF16)
     assert torch.equal(again.ids, out.ids) and torch.equal(again.scores, out.scores)
 
@@ -287,26 +293,69 @@ def test_bf16_path_scores_tiles_in_bf16(monkeypatch):
 @pytest.mark.parametrize("dim", [24, 64, 512])  # oneDNN's bf16 mode stays fp32 up to 16
 @pytest.mark.parametrize("offset", [0.99, 1.9])
 def test_bf16_margin_holds_for_bf16_mode(dim, offset):
-    """The bound of the bf16 tile scores (fp32 operands rounded inside the matmul) on positive
-    entries ``offset`` half bf16 spacings above a bf16 value: 0.99 rounds every entry down by
-    almost the unit roundoff (errors add up: the bound must be tight); 1.9 rounds up by 0.1 under
-    round-to-nearest, but down by 1.9 under truncation (the bound would not hold)."""
+    """The bound of the bf16 tile scores (fp32 operands rounded inside the matmul), on parallel
+    vectors of entries ``offset`` half bf16 spacings above a power of 2: 0.99 rounds every entry
+    down by almost the unit roundoff (the errors add up: the bound must be tight); 1.9 rounds up
+    by 0.1 under round-to-nearest, but down by 1.9 under truncation (the bound would not hold)."""
     g = torch.Generator().manual_seed(dim)
 
-    def entries(rows: int, scale: float) -> torch.Tensor:
-        base = 1 + torch.randint(0, 128, (rows, dim), generator=g) / 128  # bf16 values in [1, 2)
-        return (base + offset * 2.0**-8) * scale
+    def entries(rows: int) -> torch.Tensor:
+        scale = 2.0 ** torch.randint(-2, 3, (rows, 1), generator=g)
+        return (1 + offset * 2.0**-8) * scale.expand(rows, dim)
 
-    users, items = entries(16, 4.0), entries(2000, 1.0)
+    users, items = entries(16), entries(2000)
     buf = torch.empty(2048, 16)
     no_exclusions = (torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))
-    with cpu._matmul_precision("bf16"):
+    with cpu.matmul_precision("bf16"):
         approx = cpu._score_tile(users, items, 0, 2000, buf, no_exclusions)[:2000]
     err = (approx.double() - items.double() @ users.double().T).abs().amax(0)
     bound = cpu.bf16_margin(users, items).double()
     assert (err <= bound).all()
     if offset < 1 and cpu.native_bf16():
-        assert (err > bound / 2).all(), "bound is needlessly loose (or tiles not in bf16)"
+        assert (err > 0.9 * bound).all(), "bound is needlessly loose (or tiles not in bf16)"
+
+
+@pytest.mark.parametrize("pilot", [True, False])
+def test_bf16_errors_of_both_signs_near_the_bound(pilot, monkeypatch):
+    """Operands rounded to bf16 all downwards on 16 coordinates and all upwards on the other 16:
+    items A (on the first) lose 2 unit roundoffs, items B (on the others) gain 2, so B outranks
+    the truly better A in bf16 by 1.3 error bounds. The pilot threshold (or, without pilot, the
+    chunk pruning) must keep 2 bounds below the K-th bf16 score, not 1."""
+    if not pilot:
+        monkeypatch.setattr(cpu, "PILOT_ITEMS_PER_K", 0)
+    half = 2.0**-8  # half the bf16 spacing in [1, 2)
+    down, up = torch.full((16,), 1 + 0.99 * half), torch.full((16,), 1 + 1.01 * half)
+    users = torch.cat([down, up]) * torch.tensor([1.0, 2.0, 4.0, 0.5, 0.25])[:, None]
+    items = torch.zeros(640, 32)
+    a_rows, b_rows = torch.arange(600, 608), torch.arange(10) * 64 + 3  # B in 10 groups of 64
+    items[a_rows, :16] = down
+    items[b_rows, 16:] = torch.cat([up[:15], torch.tensor([255 / 256])])  # exact in bf16
+    bf16 = topk_scores(users.bfloat16(), items.bfloat16(), 8, backend="reference")
+    assert not torch.isin(bf16.ids, a_rows).any(), "inputs must defeat plain bf16 scoring"
+    out = topk_scores(users, items, 8, backend="cpu", compute_dtype=BF16)
+    assert (torch.sort(out.ids, 1).values == a_rows).all()
+    assert_topk_matches(out, topk_scores(users, items, 8, backend="reference"), users, items)
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_grid_of_user_and_item_blocks(threads, monkeypatch):
+    """One block, or 2 user blocks x 2 item blocks (with exclusions in each), one thread each."""
+    monkeypatch.setattr(cpu, "MIN_SHARD", 64)
+    monkeypatch.setattr(cpu, "MIN_BLOCK_USERS", 2)
+    users, items = tie_inputs("near_ties", 5, 700, 24)
+    exclude = torch.randint(-1, 700, (5, 40), generator=torch.Generator().manual_seed(4))
+    expected = {1: ([range(5)], [range(700)]),
+                4: ([range(2), range(2, 5)], [range(350), range(350, 700)])}
+    assert cpu._grid(5, 700, threads) == expected[threads]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = topk_scores(users, items, 30, exclude, id_offset=3, backend="cpu", compute_dtype=BF16)
+    finally:
+        torch.set_num_threads(previous)
+    ref = topk_scores(users, items, 30, exclude, id_offset=3, backend="reference")
+    assert same_id_sets(out, ref)
+    assert_topk_matches(out, ref, users, items, id_offset=3)
 
 
 def test_compute_dtype_default_and_checks(monkeypatch):
@@ -331,8 +380,8 @@ def test_fp32_compute_overrides_and_restores_global_precision():
     previous, mkldnn.fp32_precision = mkldnn.fp32_precision, "bf16"
     try:
         out = topk_scores(users, items, 50, backend="cpu", compute_dtype=torch.float32)
-        assert mkldnn.matmul.fp32_precision == "bf16"
     finally:
         mkldnn.fp32_precision = previous
-    assert all(set(a.tolist()) == set(b.tolist()) for a, b in zip(out.ids, ref.ids))
+    assert mkldnn.matmul.fp32_precision == previous, "matmul precision not restored (to inherit)"
+    assert same_id_sets(out, ref)
     assert_topk_matches(out, ref, users, items)
