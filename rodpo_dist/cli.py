@@ -94,7 +94,8 @@ def _cmd_study(args: argparse.Namespace) -> None:
 
     cfg = _config(args)
     out = args.out or f"runs/study/{dataset_name(cfg)}"
-    run_study(cfg, seeds=args.seeds or cfg.study.seeds, methods=args.methods or cfg.study.methods, out=out)
+    methods = cfg.study.methods if args.methods is None else args.methods
+    run_study(cfg, seeds=args.seeds or cfg.study.seeds, methods=methods, out=out)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
@@ -161,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="backbone vs ce / random / hard / rodpo / sdpo over seeds, paired statistics")
     _add_config_args(p)
     p.add_argument("--seeds", nargs="+", type=int, help="default: study.seeds")
-    p.add_argument("--methods", nargs="+", choices=methods, help="default: study.methods")
+    p.add_argument("--methods", nargs="*", choices=methods,
+                   help="default: study.methods; given without names: the backbones only")
     p.add_argument("--out", help="records, comparisons, table and plot (default: runs/study/<dataset>; "
                                  "the committed results: docs/results)")
     p.set_defaults(func=_cmd_study)

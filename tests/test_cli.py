@@ -44,3 +44,20 @@ def test_evaluate_reads_the_run_config_and_verify_checks_the_shards(tmp_path, ca
     assert "no config.yaml" in capsys.readouterr().err
     assert main(["pretrain", *common]) == 1  # the folder holds a run: neither resumed nor overwritten
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_sweep_records_every_point_on_validation_only(tmp_path, capsys):
+    import json
+
+    common = ["--config", "configs/demo.yaml", *TINY, f"data.prepared_dir={tmp_path}/data",
+              f"runtime.run_dir={tmp_path}/runs", "align.num_negatives=2"]
+    out = tmp_path / "sweep"
+    assert main(["sweep", *common, "--grid", "align.beta=0.5", "--methods", "ce", "rodpo", "--out", str(out)]) == 0
+    entries = json.loads((out / "sweep.json").read_text())
+    assert [(e["method"], e["overrides"]) for e in entries] == [
+        ("ce", []), ("rodpo", []), ("ce", ["align.beta=0.5"]), ("rodpo", ["align.beta=0.5"])]
+    assert all("test" not in e and "ndcg@5" in e["valid"] for e in entries)
+    assert len({e["run_dir"] for e in entries}) == 4 and "| rodpo | align.beta=0.5 |" in (out / "sweep.md").read_text()
+    # running it again finds every run (same settings, same folders) and adds nothing
+    assert main(["sweep", *common, "--grid", "align.beta=0.5", "--methods", "ce", "rodpo", "--out", str(out)]) == 0
+    assert len(json.loads((out / "sweep.json").read_text())) == 4

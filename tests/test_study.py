@@ -101,3 +101,35 @@ def test_target_needs_five_percent_and_significant_leads_over_ce_hard_and_random
     assert "**not met**" in target_check([entry("backbone", 4.0, 2.0), *good[1:]], "Toy")  # +4% < +5%
     assert "**not met**" in target_check([good[0], entry("ce", 1.0, -0.2), *good[2:]], "Toy")  # lead over ce not significant
     assert "**not met**" in target_check(good[:3], "Toy")  # no random baseline: not shown
+
+
+def test_sweep_points_one_factor_at_a_time_or_the_full_grid():
+    from rodpo_dist.study.runner import grid_points
+
+    assert grid_points(["align.beta=0.1,1", "align.lr=1e-3"], "one-at-a-time") == [
+        [], ["align.beta=0.1"], ["align.beta=1"], ["align.lr=1e-3"]]
+    assert grid_points(["align.beta=0.1,1", "align.lr=1e-3,1e-2"], "grid") == [
+        ["align.beta=0.1", "align.lr=1e-3"], ["align.beta=0.1", "align.lr=1e-2"],
+        ["align.beta=1", "align.lr=1e-3"], ["align.beta=1", "align.lr=1e-2"]]
+    with pytest.raises(ValueError, match="expected key.sub=v1,v2"):
+        grid_points(["align.beta"], "grid")
+
+
+def test_study_plan_names_folders_by_settings_and_builds_variant_backbones():
+    from rodpo_dist.config import load_config
+    from rodpo_dist.study.runner import study_plan
+
+    cfg = load_config("configs/demo.yaml", ["study.variants={moe: [moe.enabled=true]}", "study.variant_methods=[rodpo]"])
+    plan = study_plan(cfg, [0, 1], ["ce", "rodpo"])
+    assert [r.method for r in plan] == ["backbone", "ce", "rodpo"] * 2 + ["backbone", "rodpo"] * 2
+    folders = [r.folder for r in plan]
+    assert len(set(folders)) == len(folders)  # no two runs share a folder
+    assert all(f.parent.name in ("seed0", "seed1") and f.name.startswith(r.method + "-") for f, r in zip(folders, plan))
+    moe_backbone = plan[6]
+    assert moe_backbone.cfg.moe.enabled and plan[7].cfg.init == str(moe_backbone.folder / "best")
+    again = study_plan(cfg, [0], ["rodpo"])
+    assert again[1].folder == plan[2].folder  # the same settings find the same folder
+    other = study_plan(load_config("configs/demo.yaml", ["align.beta=0.5"]), [0], ["rodpo"])
+    assert other[0].folder == plan[0].folder and other[1].folder != plan[2].folder  # same backbone, new run
+    with pytest.raises(Exception, match="moe.top_k"):
+        study_plan(load_config("configs/demo.yaml", ["study.variants={moe: [moe.enabled=true, moe.top_k=3]}"]), [0], [])

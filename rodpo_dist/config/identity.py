@@ -19,6 +19,9 @@ RUNTIME_ONLY = frozenset({
     "runtime.dist_timeout_s", "eval.batch_size", "eval.item_chunk", "eval.report_test", "model.length_groups", "pretrain.item_chunk",
 })
 RUNTIME_ONLY_SECTIONS = ("study.",)
+# what one stage never reads: pretraining ignores the alignment settings, and an alignment run's
+# backbone is identified by `init`, not by the settings that trained it
+OTHER_STAGE = {"pretrain": ("align.", "pool.", "init"), "align": ("pretrain.",)}
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -33,10 +36,10 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def identity_fields(cfg: Config | dict[str, Any]) -> dict[str, Any]:
-    """The flattened settings that define a run (everything but `RUNTIME_ONLY`)."""
+    """The flattened settings that define a run: all but `RUNTIME_ONLY` and the other stage's sections."""
     tree = cfg.to_dict() if isinstance(cfg, Config) else cfg
-    return {k: v for k, v in flatten(tree).items()
-            if k not in RUNTIME_ONLY and not k.startswith(RUNTIME_ONLY_SECTIONS)}
+    skip = RUNTIME_ONLY_SECTIONS + OTHER_STAGE.get(tree.get("stage", "pretrain"), ())
+    return {k: v for k, v in flatten(tree).items() if k not in RUNTIME_ONLY and not k.startswith(skip)}
 
 
 def config_hash(cfg: Config | dict[str, Any], length: int = 12) -> str:
