@@ -26,7 +26,7 @@ from rodpo_dist.model import make_model
 from rodpo_dist.model.expert_parallel import join_expert_groups
 from rodpo_dist.model.weights import load_weights
 from rodpo_dist.train.checkpoint import TrainState
-from rodpo_dist.train.false_negatives import FalseNegativeCounter, pool_rates
+from rodpo_dist.train.false_negatives import FalseNegativeCounter, held_out_rates, pool_rates
 from rodpo_dist.train.losses import log_partition
 from rodpo_dist.train.negatives import select_negatives
 from rodpo_dist.train.pool import CandidatePool
@@ -78,6 +78,8 @@ class Alignment(Recipe):
 
         self.contexts = TrainingContexts.from_split(load_split(self.data.dir, "train"), a.positions, cfg.model.max_len)
         self.context_users = self.contexts.context_users()
+        valid_target = dict(zip(self.data.valid.users.tolist(), self.data.valid.targets.tolist()))
+        self.held_out = np.array([valid_target.get(u, -1) for u in self.context_users.tolist()], dtype=np.int64)
         self.pool = CandidatePool(self.contexts, cfg.pool.k) if a.strategy in POOL_STRATEGIES else None
         self.num_items = self.data.manifest.num_items
         self.variant = "sdpo" if a.strategy == "sdpo" else ("pairwise" if a.num_negatives == 1 else "mean")
@@ -195,11 +197,11 @@ class Alignment(Recipe):
         stats = self.pool.refresh(source, table, step=state.step, batch_size=self.cfg.eval.batch_size, rt=self.rt)
         record = {"pool_refresh_s": stats.seconds, "pool_mb": stats.size_mb, "peak_rss_mb": stats.peak_rss_mb,
                   "contexts": len(self.contexts)}
+        rates = held_out_rates(self.pool.ids, self.held_out)
         if self.truth is not None:
-            rates = pool_rates(self.truth, self.context_users, self.pool.ids)
-            record |= rates
-            history = state.extra.setdefault("pool_false_negative_rates", [])
-            history.append(rates)
+            rates |= pool_rates(self.truth, self.context_users, self.pool.ids)
+        record |= rates
+        state.extra.setdefault("pool_false_negative_rates", []).append(rates)
         self.log.log(state.step, record, kind="pool")
 
     def after_step(self, state: TrainState) -> None:
@@ -242,16 +244,16 @@ class Alignment(Recipe):
             self.ref_table = self.reference.item_encoder.item_table(self.cfg.eval.item_chunk)
 
     def final_metrics(self, state: TrainState) -> dict[str, Any]:
+        history = state.extra.get("pool_false_negative_rates", [])
+        keys = dict.fromkeys(k for h in history for k in h)
+        pooled = {key: float(np.mean([h[key] for h in history if key in h])) for key in keys}
         if self.truth is None:
-            return {}
+            return pooled
         counts = self.rt.sum(self.false_negatives.counts.to(self.rt.device)).cpu()
         out: dict[str, Any] = {}
         if counts[:, 0].sum() > 0:  # the ce control draws no negatives
             out = FalseNegativeCounter.rates(counts, self.cfg.pool.k) | {"negatives_checked": int(counts[:, 0].sum())}
-        history = state.extra.get("pool_false_negative_rates", [])
-        for key in dict.fromkeys(k for h in history for k in h):
-            out[key] = float(np.mean([h[key] for h in history if key in h]))
-        return out
+        return out | pooled
 
 
 def align(cfg: Config, resume: str | None = None, overwrite: bool = False, preemption=None):

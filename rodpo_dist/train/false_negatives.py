@@ -68,3 +68,16 @@ def pool_rates(truth: GroundTruth, users: np.ndarray, pool_ids: torch.Tensor) ->
         if n:
             out[f"pool_false_negative_rate/{name}"] = float(relevant[:, cols].sum() / n)
     return out
+
+
+def held_out_rates(pool_ids: torch.Tensor, held_out: np.ndarray) -> dict[str, float]:
+    """Real data's visible false negatives: the share of contexts whose pool holds the user's held-out
+    next item (the validation target, which training never sees), overall and by the rank bin it sits in.
+
+    `held_out` [C] is each context's user's validation target. Such an item is a negative to every
+    pool strategy, yet the user does interact with it next."""
+    hit = pool_ids.numpy() == held_out[:, None]
+    k, out = hit.shape[1], {"pool_holds_held_out": float(hit.any(1).mean())}
+    for name, (lo, hi) in zip(bin_names(k), RANK_BINS):
+        out[f"pool_holds_held_out/{name}"] = float(hit[:, lo - 1:min(hi or k, k)].any(1).mean())
+    return out

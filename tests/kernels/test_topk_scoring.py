@@ -192,6 +192,12 @@ def test_error_bound_holds_for_torch_mm(dtype, dim):
     assert (err > bound.double() / 20).all(), "bound is needlessly loose"
 
 
+@pytest.mark.parametrize("n_users, n_items", [(0, 50), (3, 0)])
+def test_no_users_or_no_items(n_users, n_items):
+    out = topk_scores(torch.zeros(n_users, 32), torch.ones(n_items, 32), 4, backend="cpu")
+    assert out.scores.shape == out.ids.shape == (n_users, 4) and (out.ids == -1).all()
+
+
 def test_auto_never_picks_triton_on_cpu():
     assert _resolve("auto", torch.zeros(1)) == "cpu"
 

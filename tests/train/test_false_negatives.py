@@ -63,3 +63,12 @@ def test_liked_ndcg_by_hand():
     got = liked_ndcg(model, table, ctx, truth, k=3, max_len=4, batch_size=8, rt=Runtime(torch.device("cpu")))
     ideal_1 = 1 + 1 / np.log2(3)  # two liked unobserved items could fill ranks 1 and 2
     assert got == pytest.approx(((1 / np.log2(4)) / ideal_1 + 0.0) / 2)
+
+
+def test_held_out_items_in_the_pool_by_rank():
+    from rodpo_dist.train.false_negatives import held_out_rates
+
+    ids = torch.tensor([[4, 9, 2], [7, 1, 3], [5, 6, 8]], dtype=torch.int32)
+    rates = held_out_rates(ids, np.array([4, 3, 11]))  # context 0: rank 1; context 1: rank 3; context 2: absent
+    assert rates == {"pool_holds_held_out": pytest.approx(2 / 3), "pool_holds_held_out/1": pytest.approx(1 / 3),
+                     "pool_holds_held_out/2-3": pytest.approx(1 / 3)}
