@@ -53,7 +53,7 @@ def topk_scores(
         raise TypeError(f"users must be {items.dtype} or fp32, got {users.dtype}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if items.shape[0] == 0:
+    if items.shape[0] == 0 or users.shape[0] == 0:
         empty = torch.full((users.shape[0], k), float("-inf"), device=items.device)
         return TopK(empty, torch.full_like(empty, -1, dtype=torch.long))
     name = _resolve(backend, items)

@@ -109,6 +109,24 @@ def false_negative_table(records: list[dict[str, Any]], dataset: str) -> str:
     return "\n".join(lines)
 
 
+def held_out_table(records: list[dict[str, Any]], dataset: str) -> str:
+    """Real data: the share of contexts whose candidate pool holds the user's held-out next item (the
+    validation target), by the pool rank it sits at: false negatives that every pool strategy sees."""
+    rows = [r for r in records if r["dataset"] == dataset and "pool_holds_held_out" in r.get("false_negatives", {})]
+    if not rows:
+        return ""
+    k = rows[0]["hyperparameters"]["pool"]["k"]
+    bins = bin_names(k)
+    lines = ["| variant | method | pool holds it (any rank) | " + " | ".join(f"rank {b}" for b in bins) + " |",
+             "|" + "---|" * (3 + len(bins))]
+    for variant, method in dict.fromkeys((r["variant"], r["method"]) for r in rows):
+        rs = [r["false_negatives"] for r in rows if (r["variant"], r["method"]) == (variant, method)]
+        cells = [f"{np.mean([r.get(key, np.nan) for r in rs]):.3f}"
+                 for key in ["pool_holds_held_out", *(f"pool_holds_held_out/{b}" for b in bins)]]
+        lines.append(f"| {variant} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _versus_published(records: list[dict[str, Any]], dataset: str) -> str:
     ndcg5, ndcg10 = PUBLISHED_SASREC[dataset]
     parts = []
@@ -143,6 +161,11 @@ def write_results(out: Path) -> Path:
                       "that the user actually likes, over every step, by the pool rank they came from; the "
                       "pool's own share at each rank over all its rows; and `liked_ndcg@10`, how high the "
                       "selected model ranks the liked items the user never interacted with.", "", fn, ""]
+        held = held_out_table(records, dataset)
+        if held:
+            lines += ["The user's held-out next item (its validation target) in the candidate pool, averaged over "
+                      "the pool refreshes: a negative for every pool strategy that the user does choose next.", "",
+                      held, ""]
         if dataset in PUBLISHED_SASREC:
             lines += [_versus_published(records, dataset), ""]
         lines += ["Hyper-parameters (first record of each method; all in the JSON):", ""]

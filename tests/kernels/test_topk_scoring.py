@@ -32,7 +32,10 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 def chunking(request, monkeypatch):
     """Small chunks make every test walk many tiles, overflow and retry, and (CPU) pilot only
     part of the catalogue and split it into blocks; mid chunks (CPU) are large enough for oneDNN's
-    bf16 mode to engage."""
+    bf16 mode to engage; both use the tiled scan, while default chunks score these small
+    catalogues with the dense path (`cpu.DENSE_MAX_ITEMS`)."""
+    if request.param != "default_chunks":
+        monkeypatch.setattr(cpu, "DENSE_MAX_ITEMS", 0)
     if request.param == "small_chunks":
         monkeypatch.setattr(cpu, "TILE_ELEMENTS", 64)
         monkeypatch.setattr(cpu, "FANOUT", 2)
@@ -274,6 +277,7 @@ def test_bf16_scoring_is_exact_on_ties_and_near_ties(case, n_users, n_items, k, 
 
 
 def test_bf16_path_scores_tiles_in_bf16(monkeypatch):
+    monkeypatch.setattr(cpu, "DENSE_MAX_ITEMS", 0)  # the tiled scan
     """The default CPU path really scores its tiles with bf16 operands (errors far above fp32
     rounding, within the bound), then returns exact fp32 scores."""
     if not cpu.native_bf16():
@@ -365,6 +369,7 @@ def test_grid_of_user_and_item_blocks(threads, monkeypatch):
 
 
 def test_compute_dtype_default_and_checks(monkeypatch):
+    monkeypatch.setattr(cpu, "DENSE_MAX_ITEMS", 0)  # the tiled scan
     items = torch.zeros(3, 4)
     expected = BF16 if cpu.native_bf16() else torch.float32
     assert cpu.compute_dtype_for(items, None) == expected
@@ -377,7 +382,8 @@ def test_compute_dtype_default_and_checks(monkeypatch):
         topk_scores(items, items, 2, backend="reference", compute_dtype=BF16)
 
 
-def test_fp32_compute_overrides_and_restores_global_precision():
+def test_fp32_compute_overrides_and_restores_global_precision(monkeypatch):
+    monkeypatch.setattr(cpu, "DENSE_MAX_ITEMS", 0)  # the tiled scan
     """``compute_dtype=float32`` is exact even when oneDNN's fp32 ops are globally set to bf16,
     and the setting is restored afterwards."""
     users, items = tie_inputs("near_ties", 6, 1000, 24)
@@ -391,3 +397,21 @@ def test_fp32_compute_overrides_and_restores_global_precision():
     assert mkldnn.matmul.fp32_precision == previous, "matmul precision not restored (to inherit)"
     assert same_id_sets(out, ref)
     assert_topk_matches(out, ref, users, items)
+
+
+def test_small_catalogues_are_scored_densely_and_exactly(monkeypatch):
+    """Up to DENSE_MAX_ITEMS items the CPU path scores blocks of users against the whole table."""
+    calls = []
+    monkeypatch.setattr(cpu, "DENSE_BLOCK_SCORES", 300)  # several user blocks
+    original = cpu.dense_topk_rows
+    monkeypatch.setattr(cpu, "dense_topk_rows", lambda *a: calls.append(1) or original(*a))
+    g = torch.Generator().manual_seed(4)
+    users, items = torch.randn(13, 5, generator=g), torch.randn(97, 5, generator=g)
+    items[40] = items[41]  # an exact tie
+    exclude = torch.randint(-1, 97, (13, 9), generator=g)
+    out = run(users, items, 10, exclude, id_offset=3, backend="cpu")
+    ref = run(users, items, 10, exclude, id_offset=3, backend="reference")
+    assert calls and torch.allclose(out.scores, ref.scores, atol=1e-6)
+    assert_topk_matches(out, ref, users, items, id_offset=3)
+    more = run(users[:2], items[:4], 6, backend="cpu")  # k beyond the catalogue: -inf / -1 padding
+    assert (more.ids[:, 4:] == -1).all() and torch.isinf(more.scores[:, 4:]).all()
