@@ -119,7 +119,7 @@ def test_study_plan_names_folders_by_settings_and_builds_variant_backbones():
     from rodpo_dist.config import load_config
     from rodpo_dist.study.runner import study_plan
 
-    cfg = load_config("configs/demo.yaml", ["study.variants={moe: [moe.enabled=true]}", "study.variant_methods=[rodpo]"])
+    cfg = load_config("configs/demo.yaml", ["study.variants={moe: [moe.enabled=true]}", "study.variant_methods=[rodpo, hard]"])
     plan = study_plan(cfg, [0, 1], ["ce", "rodpo"])
     assert [r.method for r in plan] == ["backbone", "ce", "rodpo"] * 2 + ["backbone", "rodpo"] * 2
     folders = [r.folder for r in plan]

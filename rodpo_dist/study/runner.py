@@ -72,11 +72,13 @@ def align_run(cfg: Config, backbone: PlannedRun, method: str) -> PlannedRun:
 
 
 def study_plan(cfg: Config, seeds: list[int], methods: list[str]) -> list[PlannedRun]:
-    """Every run of the study in order (each backbone before the methods aligned from it)."""
+    """Every run of the study in order (each backbone before the methods aligned from it); a variant
+    runs the `study.variant_methods` that are among `methods`."""
     base = dataclasses.replace(cfg, stage="pretrain", init="")
     variants = {"": (base, methods)}
     for name, overrides in cfg.study.variants.items():
-        variants[name] = (with_overrides(base, overrides, f"study.variants.{name}"), cfg.study.variant_methods)
+        variants[name] = (with_overrides(base, overrides, f"study.variants.{name}"),
+                          [m for m in cfg.study.variant_methods if m in methods])
     plan = []
     for variant_cfg, variant_methods in variants.values():
         for seed in seeds:
