@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rodpo_dist.study.records import load_records, ranks_path, save_records
-from rodpo_dist.study.report import results_table, target_check, write_results
+from rodpo_dist.study.report import final_weights_table, results_table, target_check, write_results
 from rodpo_dist.study.stats import comparisons, paired_bootstrap, per_user
 
 
@@ -89,6 +89,14 @@ def test_comparisons_pair_users_across_seeds_and_the_report_marks_significance(t
     assert ("**met**" in target_check(entries, "Toy")) == (change >= 5.0)
     rows = results_table(load_records(tmp_path), entries, "Toy").splitlines()[2:]
     assert [r.split(" | ")[1] for r in rows] == ["backbone", "ce", "random", "hard", "rodpo"]
+
+
+def test_final_weights_table_shows_what_the_run_ended_with_against_the_backbone():
+    backbone, rodpo = _rec("backbone", 0, 0.1), _rec("rodpo", 0, 0.1)  # the selection kept step 0
+    rodpo |= {"valid_last": {"ndcg@5": 0.09}, "test_last": {"ndcg@5": 0.105}}
+    row = final_weights_table([backbone, rodpo], "Toy").splitlines()[2]
+    assert row == "| id+text | rodpo | 1 | 0.1000 (+0.00%), 0.0900 (-10.00%) | 0.1000 (+0.00%), 0.1050 (+5.00%) |"
+    assert final_weights_table([backbone], "Toy") == ""
 
 
 def test_target_needs_five_percent_and_significant_leads_over_ce_hard_and_random():

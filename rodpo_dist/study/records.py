@@ -46,6 +46,7 @@ def make_record(cfg: Config, method: str, result: dict[str, dict[str, float]], f
     sections = ("model", "moe", "pretrain") if method == "backbone" else ("model", "moe", "align", "pool")
     return {"dataset": dataset_name(cfg), "variant": variant_name(cfg), "method": method, "seed": cfg.runtime.seed,
             "valid": result["valid"], "test": result["test"],
+            **{f"{split}_last": result[f"{split}_last"] for split in SPLITS if f"{split}_last" in result},
             "false_negatives": {k: v for k, v in final.items()
                                 if "false_negative" in k or "held_out" in k or k == "negatives_checked"},
             "wall_time_s": round(seconds, 1), "command": command, "run_dir": str(run_dir),

@@ -127,6 +127,29 @@ def held_out_table(records: list[dict[str, Any]], dataset: str) -> str:
     return "\n".join(lines)
 
 
+def final_weights_table(records: list[dict[str, Any]], dataset: str) -> str:
+    """Alignment runs: NDCG@5 of the weights each run ended with (not selected), beside the selected
+    checkpoint's, as changes of the mean over seeds against the backbone's: what the method did."""
+    rows = [r for r in records if r["dataset"] == dataset and "test_last" in r]
+    if not rows:
+        return ""
+    backbone = {(r["variant"], r["seed"]): r for r in records if r["dataset"] == dataset and r["method"] == "backbone"}
+    lines = ["| variant | method | seeds | valid NDCG@5: selected, last (vs backbone) | test NDCG@5: selected, last (vs backbone) |",
+             "|---|---|---|---|---|"]
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        for method in METHOD_ORDER:
+            rs = [r for r in rows if (r["variant"], r["method"]) == (variant, method) and (variant, r["seed"]) in backbone]
+            if not rs:
+                continue
+            cells = []
+            for split in ("valid", "test"):
+                base = np.mean([backbone[(variant, r["seed"])][split]["ndcg@5"] for r in rs])
+                chosen, last = (np.mean([r[key]["ndcg@5"] for r in rs]) for key in (split, f"{split}_last"))
+                cells.append(f"{chosen:.4f} ({100 * (chosen / base - 1):+.2f}%), {last:.4f} ({100 * (last / base - 1):+.2f}%)")
+            lines.append(f"| {variant} | {method} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _versus_published(records: list[dict[str, Any]], dataset: str) -> str:
     ndcg5, ndcg10 = PUBLISHED_SASREC[dataset]
     parts = []
@@ -155,6 +178,10 @@ def write_results(out: Path) -> Path:
         check = target_check(entries, dataset)
         if check:
             lines += [check, "", "What was tried towards the target: `docs/alignment_tuning.md`.", ""]
+        last = final_weights_table(records, dataset)
+        if last:
+            lines += ["The selected checkpoint may be the step-0 backbone (it competes for best); the weights each "
+                      "alignment run ended with show what the method itself did:", "", last, ""]
         fn = false_negative_table(records, dataset)
         if fn:
             lines += ["False negatives (known on the synthetic catalog): the share of each method's negatives "

@@ -58,6 +58,7 @@ DPO_STATS = ("dpo_loss", "margin", "accuracy", "chosen_reward", "rejected_reward
 
 
 class Alignment(Recipe):
+    report_last = True  # the selection may keep the step-0 backbone: what the method did is shown too
 
     def __init__(self, cfg: Config) -> None:
         if not cfg.init:

@@ -43,6 +43,8 @@ class Recipe(ABC):
     """Name of the trained model in reports (`backbone`, a strategy)."""
     stat_names: tuple[str, ...]
     """Per-unit statistics `micro_step` returns (as sums over its units)."""
+    report_last: bool = False
+    """Also report the weights the run ended with (beside the validation-selected `best`)."""
 
     def __init__(self, cfg: Config, stage: StageConfig) -> None:
         self.cfg, self.stage = cfg, stage
@@ -184,7 +186,8 @@ class Recipe(ABC):
             self.checkpoint()
         self.log.close_bar()
         return report_best(self.model, self.run_dir, self.data, self.cfg, rt, self.log, state.step, self.label,
-                           self.final_metrics(state) | {"wall_time_s": round(self._wall_time(), 1)})
+                           self.final_metrics(state) | {"wall_time_s": round(self._wall_time(), 1)},
+                           last=self.report_last)
 
     def _wall_time(self) -> float:
         """Seconds this run has taken so far, over all its sessions (resumes add up)."""

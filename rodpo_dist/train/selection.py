@@ -49,11 +49,14 @@ def evaluate_splits(model: SASRec, data: PreparedDataset, cfg: Config, rt: Runti
 
 
 def report_best(model: SASRec, run_dir: Path, data: PreparedDataset, cfg: Config, rt: Runtime, log: RunLog,
-                step: int, label: str, extra: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
+                step: int, label: str, extra: dict[str, Any] | None = None,
+                last: bool = False) -> dict[str, dict[str, float]]:
     """Load `best`, evaluate it on valid and test (ranks saved; with a ground truth also `liked_ndcg@k`
-    on test), log and write `report.{json,md}`."""
-    load_weights(run_dir / "best", model)
+    on test), log and write `report.{json,md}`. With `last`, the weights the run ended with are
+    evaluated first too (`valid_last`, `test_last`: what the run did, whatever the selection kept)."""
     splits = ("valid", "test") if cfg.eval.report_test else ("valid",)
+    ended = evaluate_splits(model, data, cfg, rt, splits) if last else {}
+    load_weights(run_dir / "best", model)
     results = evaluate_splits(model, data, cfg, rt, splits, ranks_to=run_dir / RANKS_FILE)
     if data.truth is not None and cfg.eval.report_test:
         table = model.item_encoder.item_table(cfg.eval.item_chunk)
@@ -61,6 +64,7 @@ def report_best(model: SASRec, run_dir: Path, data: PreparedDataset, cfg: Config
             results["test"][f"liked_ndcg@{k}"] = liked_ndcg(model, table, data.test, data.truth, k=k,
                                                              max_len=cfg.model.max_len,
                                                              batch_size=cfg.eval.batch_size, rt=rt)
+    results |= {f"{split}_last": metrics for split, metrics in ended.items()}
     if rt.is_main:
         log.log(step, {f"{s}/{k}": v for s, m in results.items() for k, v in m.items()} | (extra or {}), kind="final")
         write_report(run_dir / "report", {f"{label} ({s})": m for s, m in results.items()}, cfg.eval.ks)

@@ -108,7 +108,7 @@ def test_alignment_runs_logs_and_refreshes_on_schedule(dataset, backbone, strate
     if strategy != "ce":  # every step's negatives are checked against the truth, not only logged steps
         assert final["negatives_checked"] == 160 * m * 2
         assert 0.0 <= final["false_negative_rate"] <= 1.0
-    assert set(result) == {"valid", "test"} and 0.0 <= result["test"]["ndcg@10"] <= 1.0
+    assert set(result) == {"valid", "test", "valid_last", "test_last"} and 0.0 <= result["test"]["ndcg@10"] <= 1.0
     assert 0.0 <= result["test"]["liked_ndcg@10"] <= 1.0
 
 
@@ -163,7 +163,7 @@ def test_a_run_folder_belongs_to_one_config(dataset, backbone):
     # runtime-only fields do not change the identity: a finished run resumes (and is re-evaluated)
     again = align(_cfg(dataset, "al-id", *args, "runtime.log_every=7", "eval.batch_size=16"), resume="auto")
     replaced = align(_cfg(dataset, "al-id", *args, "align.beta=0.5"), overwrite=True)
-    assert set(again) == set(replaced) == {"valid", "test"}
+    assert set(again) == set(replaced) == {"valid", "test", "valid_last", "test_last"}
 
 
 @pytest.mark.parametrize("disable", [True, False])
