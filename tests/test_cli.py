@@ -56,7 +56,7 @@ def test_sweep_records_every_point_on_validation_only(tmp_path, capsys):
     entries = json.loads((out / "sweep.json").read_text())
     assert [(e["method"], e["overrides"]) for e in entries] == [
         ("ce", []), ("rodpo", []), ("ce", ["align.beta=0.5"]), ("rodpo", ["align.beta=0.5"])]
-    assert all("test" not in e and "ndcg@5" in e["valid"] for e in entries)
+    assert all("test" not in e and "ndcg@5" in e["valid"] and "ndcg@5" in e["valid_last"] for e in entries)
     assert len({e["run_dir"] for e in entries}) == 4 and "| rodpo | align.beta=0.5 |" in (out / "sweep.md").read_text()
     # running it again finds every run (same settings, same folders) and adds nothing
     assert main(["sweep", *common, "--grid", "align.beta=0.5", "--methods", "ce", "rodpo", "--out", str(out)]) == 0

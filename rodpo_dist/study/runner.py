@@ -164,9 +164,10 @@ def run_sweep(cfg: Config, grid: list[str], mode: str, methods: list[str], seed:
     for overrides, point in points:
         for method in methods:
             run = align_run(point, backbone, method)
+            result = execute(run)[0]
             entry = {"dataset": dataset_name(cfg), "variant": variant_name(point), "seed": seed, "method": method,
                      "overrides": overrides, "config_hash": config_hash(run.cfg), "backbone_valid": backbone_valid,
-                     "valid": execute(run)[0]["valid"], "best_step": _best_step(run.folder),
+                     "valid": result["valid"], "valid_last": result["valid_last"], "best_step": _best_step(run.folder),
                      "run_dir": str(run.folder), "command": command_line()}
             entries = [e for e in entries if e["config_hash"] != entry["config_hash"]] + [entry]
             path.write_text(json.dumps(entries, indent=1) + "\n")
@@ -183,11 +184,13 @@ def _best_step(folder: Path) -> int:
 
 def sweep_table(entries: list[dict[str, Any]], metric: str) -> str:
     """Markdown: every sweep point's validation metrics and change over its backbone, in run order."""
-    head = ["dataset", "seed", "method", "overrides", f"valid {metric}", "vs backbone", "valid ndcg@10", "best step"]
+    head = ["dataset", "seed", "method", "overrides", f"valid {metric}", "vs backbone", "valid ndcg@10", "best step",
+            f"last weights: valid {metric} vs backbone"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in entries:
         base = e["backbone_valid"][metric]
         lines.append("| " + " | ".join([e["dataset"], str(e["seed"]), e["method"], " ".join(e["overrides"]) or "(config)",
                                         f"{e['valid'][metric]:.5f}", f"{100 * (e['valid'][metric] / base - 1):+.2f}%",
-                                        f"{e['valid']['ndcg@10']:.5f}", str(e["best_step"])]) + " |")
+                                        f"{e['valid']['ndcg@10']:.5f}", str(e["best_step"]),
+                                        f"{100 * (e['valid_last'][metric] / base - 1):+.2f}%"]) + " |")
     return "\n".join(lines)
