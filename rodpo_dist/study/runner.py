@@ -25,7 +25,8 @@ from typing import Any
 
 from rodpo_dist.config import Config, apply_override, config_from_dict, config_hash, parse_override
 from rodpo_dist.study.records import copy_ranks, dataset_name, make_record, save_records, variant_name
-from rodpo_dist.study.report import plot_training, results_table, write_results
+from rodpo_dist.study.report import (false_negative_table, final_weights_table, plot_training, results_table,
+                                     write_results)
 from rodpo_dist.train.run_dir import run_folder
 from rodpo_dist.train.run_log import read_metrics
 
@@ -123,7 +124,14 @@ def run_study(cfg: Config, seeds: list[int], methods: list[str], out: str | Path
     from rodpo_dist.study.stats import comparisons
 
     all_records = load_records(out)
-    print(results_table(all_records, comparisons(all_records, out), dataset_name(cfg)))
+    name = dataset_name(cfg)
+    print(results_table(all_records, comparisons(all_records, out), name))
+    for title, table in (("Weights each alignment run ended with:", final_weights_table(all_records, name)),
+                         ("False negatives among each method's negatives, every step, by pool rank:",
+                          false_negative_table(all_records, name))):
+        if table:
+            print(f"\n{title}\n{table}")
+    print(f"\nReport: {out.with_suffix('.md')}")
     return records
 
 
