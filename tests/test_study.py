@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from rodpo_dist.study.records import load_records, ranks_path, save_records
-from rodpo_dist.study.report import final_weights_table, results_table, target_check, write_results
+from rodpo_dist.study.report import (false_negative_table, final_weights_table, held_out_table, results_table,
+                                     target_check, write_results)
 from rodpo_dist.study.stats import comparisons, paired_bootstrap, per_user
 
 
@@ -97,6 +98,15 @@ def test_final_weights_table_shows_what_the_run_ended_with_against_the_backbone(
     row = final_weights_table([backbone, rodpo], "Toy").splitlines()[2]
     assert row == "| id+text | rodpo | 1 | 0.1000 (+0.00%), 0.0900 (-10.00%) | 0.1000 (+0.00%), 0.1050 (+5.00%) |"
     assert final_weights_table([backbone], "Toy") == ""
+
+
+def test_real_data_gets_the_held_out_table_and_no_false_negative_rates():
+    rodpo = _rec("rodpo", 0, 0.1)
+    rodpo["false_negatives"] = {"pool_holds_held_out": 0.2, **{f"pool_holds_held_out/{b}": 0.05 for b in ("1", "2-5", "6-10")}}
+    assert false_negative_table([_rec("backbone", 0, 0.1), rodpo], "Toy") == ""
+    assert held_out_table([rodpo], "Toy").splitlines()[2] == "| id+text | rodpo | 0.200 | 0.050 | 0.050 | 0.050 |"
+    rodpo["false_negatives"] |= {"false_negative_rate": 0.4}
+    assert "| id+text | rodpo | 0.400 |" in false_negative_table([rodpo], "Toy")
 
 
 def test_target_needs_five_percent_and_significant_leads_over_ce_hard_and_random():
