@@ -15,7 +15,8 @@ Compute dtype. With bf16, the tile matmuls run under oneDNN's bf16 mode
 (``torch.backends.mkldnn.matmul.fp32_precision = "bf16"``: both operands rounded to bf16 inside
 the call, AMX / AVX512-BF16 dot products, fp32 accumulation and output; no bf16 copy of the table);
 the candidates are a guaranteed superset of the fp32 top-K (``common.error_bound``) and are
-re-scored in fp32. With fp32 the matmuls are strict fp32 (``"ieee"``) and their scores are used as
+re-scored in fp32. (On CPUs with AVX512-BF16 but no AMX, oneDNN was seen running this mode as a
+faster fp32 kernel without rounding; the bound then holds with room to spare.) With fp32 the matmuls are strict fp32 (``"ieee"``) and their scores are used as
 they are. The precision is process-wide: while a call runs, other threads' fp32 oneDNN matmuls run
 in it too.
 """
