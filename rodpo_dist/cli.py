@@ -95,7 +95,7 @@ def _cmd_study(args: argparse.Namespace) -> None:
     cfg = _config(args)
     out = args.out or f"runs/study/{dataset_name(cfg)}"
     methods = cfg.study.methods if args.methods is None else args.methods
-    run_study(cfg, seeds=args.seeds or cfg.study.seeds, methods=methods, out=out)
+    run_study(cfg, seeds=args.seeds or cfg.study.seeds, methods=methods, out=out, variants=args.variants)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, help="default: study.seeds")
     p.add_argument("--methods", nargs="*", choices=methods,
                    help="default: study.methods; given without names: the backbones only")
+    p.add_argument("--variants", nargs="+", metavar="NAME",
+                   help="only these backbone variants: 'base' (the config as given) or names in study.variants "
+                        "(default: all)")
     p.add_argument("--out", help="records, comparisons, table and plot (default: runs/study/<dataset>; "
                                  "the committed results: docs/results)")
     p.set_defaults(func=_cmd_study)

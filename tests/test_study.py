@@ -149,5 +149,9 @@ def test_study_plan_names_folders_by_settings_and_builds_variant_backbones():
     assert again[1].folder == plan[2].folder  # the same settings find the same folder
     other = study_plan(load_config("configs/demo.yaml", ["align.beta=0.5"]), [0], ["rodpo"])
     assert other[0].folder == plan[0].folder and other[1].folder != plan[2].folder  # same backbone, new run
+    moe_only = study_plan(cfg, [1], ["ce", "rodpo"], variants=["moe"])
+    assert [(r.method, r.folder) for r in moe_only] == [(r.method, r.folder) for r in plan[8:]]
+    with pytest.raises(ValueError, match=r"unknown \['dense'\]"):
+        study_plan(cfg, [0], ["rodpo"], variants=["dense"])
     with pytest.raises(Exception, match="moe.top_k"):
         study_plan(load_config("configs/demo.yaml", ["study.variants={moe: [moe.enabled=true, moe.top_k=3]}"]), [0], [])

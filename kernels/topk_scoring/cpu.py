@@ -3,13 +3,15 @@
 Work split: a grid of (user block, item block) pairs, one single-threaded worker thread each;
 user blocks first, since each then scans the whole catalogue and its threshold rises further.
 
-Per worker, a pilot pass (:func:`_pilot`) sets a first threshold, then ``common.scan`` walks the
-items in tiles. Per tile: one ``torch.mm`` of the tile with the users into a reused items-major
-``[T, B]`` fp32 buffer (the faster orientation for oneDNN and for the reductions below), excluded
-entries set to -inf, then LEVELS levels of maxima over groups of FANOUT rows; only the children
-of entries above the user's threshold are looked at on the way down (:func:`_descend`). Beyond the
+Per worker, ``common.scan`` walks the items in tiles. Per tile: one ``torch.mm`` of the tile with
+the users into a reused items-major ``[T, B]`` fp32 buffer (the faster orientation for oneDNN and
+for the reductions below), excluded entries set to -inf, then LEVELS levels of maxima over groups
+of FANOUT rows into reused buffers; the K-th largest maximum of level FLOOR_LEVEL raises a
+per-user floor (:func:`_raise_floor`: K items score at least that), and only the children of
+entries above the user's threshold are looked at on the way down (:func:`_descend`). Beyond the
 matmul a tile costs one streaming max-reduction plus work on its few candidates: no ``[B, N]``
-tensor, no full-tile ``topk``, and the boolean ops (slow on CPU) only touch small tensors.
+tensor, no full-tile ``topk``, no second pass over any item, and the boolean ops (slow on CPU)
+only touch small tensors.
 
 Compute dtype. With bf16, the tile matmuls run under oneDNN's bf16 mode
 (``torch.backends.mkldnn.matmul.fp32_precision = "bf16"``: both operands rounded to bf16 inside
@@ -36,8 +38,7 @@ from .common import NEG_INF, RowsOf, UNIT_ROUNDOFF, error_bound, merge, scan
 TILE_ELEMENTS = 1 << 22  # scores per tile and worker (16 MiB in fp32)
 FANOUT = 8  # rows per group at each level of the threshold prefilter
 LEVELS = 3  # levels of group maxima above the scores
-PILOT_LEVEL = 2  # the pilot ranks the maxima of groups of FANOUT**PILOT_LEVEL items
-PILOT_ITEMS_PER_K = 2048  # the pilot looks at this many items per k
+FLOOR_LEVEL = 2  # the floor ranks the maxima of groups of FANOUT**FLOOR_LEVEL items
 CAP_SLACK = 1024  # candidate slots per user beyond 2k (more: the chunk is retried halved)
 MIN_SHARD = 2048  # items per item block at least
 MIN_BLOCK_USERS = 32  # users per user block at least
@@ -95,16 +96,28 @@ def _slice_excluded(excluded: tuple[Tensor, Tensor], lo: int, hi: int) -> tuple[
     return rows[first:last] - lo, users[first:last]
 
 
-def _levels(scores: Tensor, count: int) -> list[Tensor]:
-    """``scores`` [R, B] and its maxima over groups of FANOUT rows, repeated ``count`` times.
+def _levels(scores: Tensor, out: list[Tensor]) -> list[Tensor]:
+    """``scores`` [R, B] and its maxima over groups of FANOUT rows, one level per buffer of ``out``
+    (each at least 1/FANOUT the rows of the one before; reused, so no tile allocates).
 
     Row ``r`` of a level [R, B] belongs to group ``r % (R / FANOUT)``: the maximum of FANOUT
     contiguous slabs, which vectorises better than groups of adjacent rows."""
     levels = [scores]
-    for _ in range(count):
+    for buf in out:
         rows = levels[-1].shape[0] // FANOUT
-        levels.append(levels[-1].view(FANOUT, rows, scores.shape[1]).amax(0))
+        levels.append(torch.amax(levels[-1].view(FANOUT, rows, scores.shape[1]), 0, out=buf[:rows]))
     return levels
+
+
+def _raise_floor(floor: Tensor, maxima: Tensor, k: int, margin: Tensor | None) -> None:
+    """Lift ``floor`` [B] in place to just below the K-th largest of the group ``maxima`` [G, B]:
+    K items score at least that, so no item scoring less (less 2 margins: the items compared are
+    approximate too) can be in the top-k; ties with it stay above the floor."""
+    if maxima.shape[0] < k:
+        return
+    kth = maxima.topk(k, dim=0, sorted=False).values.amin(0)
+    bound = kth if margin is None else kth - 2 * margin
+    torch.maximum(floor, bound.nextafter_(bound.new_tensor(NEG_INF)), out=floor)
 
 
 def _descend(levels: list[Tensor], thr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -152,34 +165,17 @@ def _score_tile(users32: Tensor, items: Tensor, lo: int, hi: int, buf: Tensor,
     return scores
 
 
-def _pilot(users32: Tensor, items: Tensor, k: int, margin: Tensor | None, buf: Tensor,
-           excluded: tuple[Tensor, Tensor]) -> Tensor:
-    """A per-user threshold below which no item can be in the top-k (-inf where unknown).
-
-    The K-th largest maximum of the groups of level PILOT_LEVEL over the first PILOT_ITEMS_PER_K*k
-    items: K groups, so K items, score at least that (less margin, then less another margin for the
-    scores compared with it). A top-k of a few maxima per tile, no candidates: the scan then starts
-    with a threshold as high as after this many items, and skips most of its early candidates.
-    """
-    n_rows, tile = min(items.shape[0], PILOT_ITEMS_PER_K * k), buf.shape[0]
-    maxima = [buf.new_full((0, buf.shape[1]), NEG_INF)]
-    for lo in range(0, n_rows, tile):
-        scores = _score_tile(users32, items, lo, min(n_rows, lo + tile), buf, excluded)
-        maxima.append(_levels(scores, PILOT_LEVEL)[-1])
-    maxima = torch.cat(maxima)
-    if maxima.shape[0] < k:
-        return buf.new_full((buf.shape[1],), NEG_INF)
-    kth = maxima.topk(k, dim=0, sorted=False).values.amin(0)
-    return kth if margin is None else kth - 2 * margin
-
-
 def _tile_candidates(
-    users32: Tensor, items: Tensor, lo: int, hi: int, thr: Tensor, cap: int, *, floor: Tensor,
-    buf: Tensor, excluded: tuple[Tensor, Tensor],
+    users32: Tensor, items: Tensor, lo: int, hi: int, thr: Tensor, cap: int, *, k: int,
+    margin: Tensor | None, floor: Tensor, buf: Tensor, level_bufs: list[Tensor],
+    excluded: tuple[Tensor, Tensor],
 ) -> tuple[Tensor, RowsOf] | None:
-    """Scores of ``items[lo:hi]`` above ``thr`` and ``floor`` (see CandidateFn and :func:`_pilot`),
-    found through the group maxima. ``buf`` and ``excluded``: see :func:`_score_tile`."""
-    levels = _levels(_score_tile(users32, items, lo, hi, buf, excluded), LEVELS)
+    """Scores of ``items[lo:hi]`` above ``thr`` and ``floor`` (see CandidateFn and
+    :func:`_raise_floor`; this tile raises the floor first), found through the group maxima.
+    ``buf`` and ``excluded``: see :func:`_score_tile`."""
+    levels = _levels(_score_tile(users32, items, lo, hi, buf, excluded), level_bufs)
+    if not bool((thr > floor).all()):  # until the scan's own threshold overtakes it
+        _raise_floor(floor, levels[FLOOR_LEVEL], k, margin)
     rows, users, s_hat = _descend(levels, torch.maximum(thr, floor))
     return _dense(users, rows + lo, s_hat, users32.shape[0], cap)
 
@@ -187,13 +183,15 @@ def _tile_candidates(
 def _scan_block(users: Tensor, items: Tensor, k: int, excluded: tuple[Tensor, Tensor],
                 margin: Tensor | None) -> tuple[Tensor, Tensor]:
     """Top-k (scores, rows) of one block of users over one contiguous block of ``items``."""
-    block = FANOUT**LEVELS
-    tile = max(block, TILE_ELEMENTS // max(users.shape[0], 1) // block * block)
-    buf = torch.empty(tile, users.shape[0], device=items.device)
-    floor = _pilot(users, items, k, margin, buf, excluded)
+    block, n_users = FANOUT**LEVELS, users.shape[0]
+    tile = max(block, TILE_ELEMENTS // max(n_users, 1) // block * block)
+    buf = torch.empty(tile, n_users, device=items.device)
+    level_bufs = [buf.new_empty(tile // FANOUT**level, n_users) for level in range(1, LEVELS + 1)]
+    floor = buf.new_full((n_users,), NEG_INF)
     cap = 2 * k + CAP_SLACK
-    first = tile if bool(floor.isfinite().all()) else min(tile, cap)  # all candidates until k
-    candidates = partial(_tile_candidates, users, items, floor=floor, buf=buf, excluded=excluded)
+    first = tile if tile // FANOUT**FLOOR_LEVEL >= k else min(tile, cap)  # no floor: all until k
+    candidates = partial(_tile_candidates, users, items, k=k, margin=margin, floor=floor, buf=buf,
+                         level_bufs=level_bufs, excluded=excluded)
     return scan(users, items, k, candidates, margin=margin, first_chunk=first, max_chunk=tile,
                 cap=cap)
 
@@ -221,6 +219,14 @@ def _block_exclusions(keys: Tensor, n_items: int, users: range, items: range):
 
 DENSE_MAX_ITEMS = 65536  # catalogues up to this size are scored densely, users in blocks
 DENSE_BLOCK_SCORES = 1 << 24  # scores per dense user block (64 MiB in fp32)
+DENSE_MAX_SCORES = DENSE_BLOCK_SCORES  # calls with at most this many scores: densely, in one block
+
+
+def scores_densely(n_users: int, n_items: int) -> bool:
+    """Whether a call goes to :func:`dense_topk_rows`: a small catalogue, or few enough users that
+    all their scores fit one dense block (serving: 1 user x 1M items, 41 ms against ~250 ms for
+    the tiled scan, which is built for batches)."""
+    return n_items <= DENSE_MAX_ITEMS or n_users * n_items <= DENSE_MAX_SCORES
 
 
 def dense_topk_rows(users: Tensor, items: Tensor, k: int, keys: Tensor) -> tuple[Tensor, Tensor]:
@@ -249,7 +255,7 @@ def topk_rows(users: Tensor, items: Tensor, k: int, keys: Tensor,
               compute_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
     """Top-k (scores, row indices) of ``users @ items.T`` with ``keys`` (see common) excluded.
 
-    Catalogues of at most DENSE_MAX_ITEMS items go to :func:`dense_topk_rows` (exact fp32).
+    Small calls (:func:`scores_densely`) go to :func:`dense_topk_rows` (exact fp32).
 
     ``compute_dtype``: see :func:`compute_dtype_for`. The work is cut into a grid of up to
     ``torch.get_num_threads()`` (user block, item block) pairs, each scanned by a single-threaded
@@ -257,7 +263,7 @@ def topk_rows(users: Tensor, items: Tensor, k: int, keys: Tensor,
     merged. While the call runs, oneDNN's fp32 matmul precision is set process-wide (see module
     docstring).
     """
-    if items.shape[0] <= DENSE_MAX_ITEMS:
+    if scores_densely(users.shape[0], items.shape[0]):
         return dense_topk_rows(users, items, k, keys)
     compute = compute_dtype_for(items, compute_dtype)
     n_items, n_users = items.shape[0], users.shape[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -83,5 +84,7 @@ def save_records(out: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     merged = {record_key(r): r for r in load_records(out)} | {record_key(r): r for r in new}
     records = sorted(merged.values(), key=record_key)
     out.mkdir(parents=True, exist_ok=True)
-    (out / RECORDS_FILE).write_text(json.dumps(records, indent=1) + "\n")
+    tmp = out / f".{RECORDS_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(records, indent=1) + "\n")
+    tmp.replace(out / RECORDS_FILE)  # atomic: a study running beside this one never reads half a file
     return records

@@ -72,16 +72,24 @@ def align_run(cfg: Config, backbone: PlannedRun, method: str) -> PlannedRun:
                              align={"strategy": method}), method)
 
 
-def study_plan(cfg: Config, seeds: list[int], methods: list[str]) -> list[PlannedRun]:
+BASE_VARIANT = "base"
+
+
+def study_plan(cfg: Config, seeds: list[int], methods: list[str], variants: list[str] | None = None) -> list[PlannedRun]:
     """Every run of the study in order (each backbone before the methods aligned from it); a variant
-    runs the `study.variant_methods` that are among `methods`."""
+    runs the `study.variant_methods` that are among `methods`. `variants` keeps only the named ones
+    (`base`: the config as given; default: all)."""
+    known = [BASE_VARIANT, *cfg.study.variants]
+    unknown = [v for v in variants or [] if v not in known]
+    if unknown:
+        raise ValueError(f"study --variants: unknown {unknown}; this config has {known}")
     base = dataclasses.replace(cfg, stage="pretrain", init="")
-    variants = {"": (base, methods)}
+    planned = {BASE_VARIANT: (base, methods)}
     for name, overrides in cfg.study.variants.items():
-        variants[name] = (with_overrides(base, overrides, f"study.variants.{name}"),
-                          [m for m in cfg.study.variant_methods if m in methods])
+        planned[name] = (with_overrides(base, overrides, f"study.variants.{name}"),
+                         [m for m in cfg.study.variant_methods if m in methods])
     plan = []
-    for variant_cfg, variant_methods in variants.values():
+    for variant_cfg, variant_methods in (planned[v] for v in known if variants is None or v in variants):
         for seed in seeds:
             backbone = backbone_run(variant_cfg, seed)
             plan += [backbone, *(align_run(variant_cfg, backbone, m) for m in variant_methods)]
@@ -101,12 +109,13 @@ def command_line() -> str:
     return " ".join(["rodpo", *(shlex.quote(a) for a in sys.argv[1:])])
 
 
-def run_study(cfg: Config, seeds: list[int], methods: list[str], out: str | Path) -> list[dict[str, Any]]:
+def run_study(cfg: Config, seeds: list[int], methods: list[str], out: str | Path,
+              variants: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the study; merge its records into `<out>/records.json`, write `<out>.md`, comparisons and a plot."""
     from rodpo_dist.data.prepare import ensure_prepared
 
     out = Path(out)
-    plan = study_plan(cfg, seeds, methods)
+    plan = study_plan(cfg, seeds, methods, variants)
     ensure_prepared(cfg)
     records, command = [], command_line()
     for run in plan:

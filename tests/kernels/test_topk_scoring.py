@@ -28,14 +28,20 @@ BACKENDS = ["cpu", "triton"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
+def tiled_scan(monkeypatch) -> None:
+    """Send every CPU call to the tiled scan, however small (see `cpu.scores_densely`)."""
+    monkeypatch.setattr(cpu, "DENSE_MAX_ITEMS", 0)
+    monkeypatch.setattr(cpu, "DENSE_MAX_SCORES", 0)
+
+
 @pytest.fixture(params=["small_chunks", "mid_chunks", "default_chunks"])
 def chunking(request, monkeypatch):
-    """Small chunks make every test walk many tiles, overflow and retry, and (CPU) pilot only
-    part of the catalogue and split it into blocks; mid chunks (CPU) are large enough for oneDNN's
+    """Small chunks make every test walk many tiles, overflow and retry, and (CPU) split the
+    catalogue into blocks, their tiles too small to raise a floor; mid chunks (CPU) are large enough for oneDNN's
     bf16 mode to engage; both use the tiled scan, while default chunks score these small
-    catalogues with the dense path (`cpu.DENSE_MAX_ITEMS`)."""
+    catalogues with the dense path (`cpu.scores_densely`)."""
     if request.param != "default_chunks":
-        monkeypatch.setattr(cpu, "DENSE_MAX_ITEMS", 0)
+        tiled_scan(monkeypatch)
     if request.param == "small_chunks":
         monkeypatch.setattr(cpu, "TILE_ELEMENTS", 64)
         monkeypatch.setattr(cpu, "FANOUT", 2)
@@ -45,7 +51,6 @@ def chunking(request, monkeypatch):
         monkeypatch.setattr(cpu, "FANOUT", 4)
     if request.param != "default_chunks":
         monkeypatch.setattr(cpu, "CAP_SLACK", 3)
-        monkeypatch.setattr(cpu, "PILOT_ITEMS_PER_K", 8)
         monkeypatch.setattr(cpu, "MIN_SHARD", 64)  # blocks of users or items, one per thread
         monkeypatch.setattr(cpu, "MIN_BLOCK_USERS", 2)
     return request.param
@@ -290,7 +295,7 @@ def test_bf16_path_scores_tiles_in_bf16(monkeypatch):
     """The default CPU path scores its tiles in oneDNN's bf16 mode (where the mode rounds: errors far
     above fp32 rounding; where it does not: fp32-level errors), within the bound, then returns exact
     fp32 scores."""
-    monkeypatch.setattr(cpu, "DENSE_MAX_ITEMS", 0)  # the tiled scan
+    tiled_scan(monkeypatch)  # the tiled scan
     if not cpu.native_bf16():
         pytest.skip("no native bf16 dot products on this CPU: the default is fp32")
     users, items = tie_inputs("near_ties", 8, 600, 32)
@@ -339,19 +344,36 @@ def test_bf16_margin_holds_for_bf16_mode(dim, offset):
         assert (err > 0.9 * bound).all(), "bound is needlessly loose (or tiles not in bf16)"
 
 
-@pytest.mark.parametrize("pilot", [True, False])
-def test_bf16_errors_of_both_signs_near_the_bound(pilot, monkeypatch):
+def emulate_bf16_mode(monkeypatch) -> None:
+    """Tile matmuls on operands rounded to bf16 (products exact in fp32, fp32 accumulation), as
+    oneDNN's bf16 mode does where it rounds (AMX); hosts where it does not round still test this."""
+    score_tile = cpu._score_tile
+
+    def rounded(users32, items, *args):
+        return score_tile(users32.bfloat16().float(), items.bfloat16().float(), *args)
+
+    monkeypatch.setattr(cpu, "_score_tile", rounded)
+
+
+@pytest.mark.parametrize("rounding", ["emulated", "onednn"])
+@pytest.mark.parametrize("floor", [True, False])
+def test_bf16_errors_of_both_signs_near_the_bound(floor, rounding, monkeypatch):
     """Operands rounded to bf16 all downwards on 16 coordinates and all upwards on the other 16:
     items A (on the first) lose 2 unit roundoffs, items B (on the others) gain 2, so B outranks
-    the truly better A in bf16 by 1.3 error bounds. The pilot threshold (or, without pilot, the
-    chunk pruning) must keep 2 bounds below the K-th bf16 score, not 1."""
-    if not pilot:
-        monkeypatch.setattr(cpu, "PILOT_ITEMS_PER_K", 0)
+    the truly better A in bf16 by 1.3 error bounds. The group-maxima floor (B in 10 of the 160
+    groups of 4 of one tile, so the K-th group maximum is B's score; or, in tiles of 8 items, too
+    few groups for a floor: the chunk pruning) must keep 2 bounds below the K-th bf16 score, not 1."""
+    tiled_scan(monkeypatch)
+    monkeypatch.setattr(cpu, "FANOUT", 2)
+    if not floor:
+        monkeypatch.setattr(cpu, "TILE_ELEMENTS", 40)
+    if rounding == "emulated":
+        emulate_bf16_mode(monkeypatch)
     half = 2.0**-8  # half the bf16 spacing in [1, 2)
     down, up = torch.full((16,), 1 + 0.99 * half), torch.full((16,), 1 + 1.01 * half)
     users = torch.cat([down, up]) * torch.tensor([1.0, 2.0, 4.0, 0.5, 0.25])[:, None]
     items = torch.zeros(640, 32)
-    a_rows, b_rows = torch.arange(600, 608), torch.arange(10) * 64 + 3  # B in 10 groups of 64
+    a_rows, b_rows = torch.arange(600, 608), torch.arange(10) * 17 + 3  # B in 10 groups (rows % 160)
     items[a_rows, :16] = down
     items[b_rows, 16:] = torch.cat([up[:15], torch.tensor([255 / 256])])  # exact in bf16
     bf16 = topk_scores(users.bfloat16(), items.bfloat16(), 8, backend="reference")
@@ -359,6 +381,21 @@ def test_bf16_errors_of_both_signs_near_the_bound(pilot, monkeypatch):
     out = topk_scores(users, items, 8, backend="cpu", compute_dtype=BF16)
     assert (torch.sort(out.ids, 1).values == a_rows).all()
     assert_topk_matches(out, topk_scores(users, items, 8, backend="reference"), users, items)
+
+
+@pytest.mark.parametrize("compute", [torch.float32, BF16])
+def test_items_tied_with_the_floor_are_kept(compute, monkeypatch):
+    """K groups whose maxima tie exactly at the K-th group maximum, every other item far below:
+    the top-k is exactly those K items, so the floor must sit below the tie, not on it."""
+    tiled_scan(monkeypatch)
+    monkeypatch.setattr(cpu, "FANOUT", 2)  # one tile of 640 rows: 160 groups of 4 (rows % 160)
+    users = torch.ones(3, 8)
+    items = torch.full((640, 8), -1.0)
+    tied = torch.arange(8) * 19 + 1  # 8 distinct groups
+    items[tied] = 0.5
+    out = topk_scores(users, items, 8, backend="cpu", compute_dtype=compute)
+    assert (torch.sort(out.ids, 1).values == tied).all()
+    assert (out.scores == 4.0).all()
 
 
 @pytest.mark.parametrize("threads", [1, 4])
@@ -383,7 +420,7 @@ def test_grid_of_user_and_item_blocks(threads, monkeypatch):
 
 
 def test_compute_dtype_default_and_checks(monkeypatch):
-    monkeypatch.setattr(cpu, "DENSE_MAX_ITEMS", 0)  # the tiled scan
+    tiled_scan(monkeypatch)  # the tiled scan
     items = torch.zeros(3, 4)
     expected = BF16 if cpu.native_bf16() else torch.float32
     assert cpu.compute_dtype_for(items, None) == expected
@@ -397,7 +434,7 @@ def test_compute_dtype_default_and_checks(monkeypatch):
 
 
 def test_fp32_compute_overrides_and_restores_global_precision(monkeypatch):
-    monkeypatch.setattr(cpu, "DENSE_MAX_ITEMS", 0)  # the tiled scan
+    tiled_scan(monkeypatch)  # the tiled scan
     """``compute_dtype=float32`` is exact even when oneDNN's fp32 ops are globally set to bf16,
     and the setting is restored afterwards."""
     users, items = tie_inputs("near_ties", 6, 1000, 24)
@@ -413,8 +450,13 @@ def test_fp32_compute_overrides_and_restores_global_precision(monkeypatch):
     assert_topk_matches(out, ref, users, items)
 
 
-def test_small_catalogues_are_scored_densely_and_exactly(monkeypatch):
-    """Up to DENSE_MAX_ITEMS items the CPU path scores blocks of users against the whole table."""
+def test_small_calls_are_scored_densely_and_exactly(monkeypatch):
+    """Small catalogues, or few users on a large one, are scored in blocks of users against the
+    whole table; larger calls go to the tiled scan."""
+    monkeypatch.setattr(cpu, "DENSE_MAX_ITEMS", 50)
+    monkeypatch.setattr(cpu, "DENSE_MAX_SCORES", 13 * 97)
+    assert cpu.scores_densely(1, 10**6) is False and cpu.scores_densely(14, 97) is False
+    assert cpu.scores_densely(10**6, 50) and cpu.scores_densely(13, 97)
     calls = []
     monkeypatch.setattr(cpu, "DENSE_BLOCK_SCORES", 300)  # several user blocks
     original = cpu.dense_topk_rows
