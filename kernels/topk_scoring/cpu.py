@@ -224,8 +224,8 @@ DENSE_MAX_SCORES = DENSE_BLOCK_SCORES  # calls with at most this many scores: de
 
 def scores_densely(n_users: int, n_items: int) -> bool:
     """Whether a call goes to :func:`dense_topk_rows`: a small catalogue, or few enough users that
-    all their scores fit one dense block (serving: 1 user x 1M items, 41 ms against ~250 ms for
-    the tiled scan, which is built for batches)."""
+    all their scores fit one dense block (serving: one matmul and ``topk`` beat the tiled scan,
+    which is built for batches; kernels/BENCHMARKS.md)."""
     return n_items <= DENSE_MAX_ITEMS or n_users * n_items <= DENSE_MAX_SCORES
 
 
