@@ -22,7 +22,9 @@ import time
 
 import torch
 
-TOPK_PATHS = ("naive", "fast", "fast_fp32", "matmul", "matmul_tiled", "matmul_tiled_bf16")
+TOPK_PATHS = ("naive", "fast", "fast_fp32", "matmul", "matmul_tiled", "matmul_tiled_bf16",
+              "matmul_tiled_int8")
+CPU_ONLY_PATHS = ("matmul_tiled_bf16", "matmul_tiled_int8")
 FAST_PATHS = ("fast", "fast_fp32")
 DPO_PATHS = ("reference", "fused")
 
@@ -65,6 +67,28 @@ def _measure(fn, device: str, repeats: int) -> dict:
             "result": result}
 
 
+def int8_tile_gemm(items: torch.Tensor, users: torch.Tensor, tile_rows: int, bits: int = 7):
+    """oneDNN's u8 x s8 GEMM with fp32 output for items-major tiles: ``(q_items, score)``, where
+    ``score(q_items[lo:hi])`` approximates ``items[lo:hi] @ users.T``. Items are quantized per
+    tensor to ``bits`` unsigned bits (7 keeps x86's u8 x s8 int16 pair sums from saturating),
+    users per row to int8."""
+    zero = 1 << (bits - 1)
+    x_scale = float(items.abs().amax()) / (zero - 1)
+    q_items = torch.empty(items.shape, dtype=torch.uint8)
+    for lo in range(0, items.shape[0], 1 << 16):
+        chunk = items[lo:lo + (1 << 16)].float() / x_scale
+        q_items[lo:lo + (1 << 16)] = chunk.round_().add_(zero).clamp_(0, 255)
+    w_scale = users.float().abs().amax(1) / 127
+    packed = torch.ops.onednn.qlinear_prepack(
+        (users.float() / w_scale[:, None]).round_().to(torch.int8), [tile_rows, items.shape[1]])
+    w_zero = torch.zeros(users.shape[0], dtype=torch.int32)
+
+    def score(q_rows: torch.Tensor) -> torch.Tensor:
+        return torch.ops.onednn.qlinear_pointwise(q_rows, x_scale, zero, packed, w_scale, w_zero,
+                                                  None, 1.0, 0, torch.float32, "none", [], "")
+    return q_items, score
+
+
 def _topk_worker(args) -> dict:
     from rodpo_kernels import topk_scores
     from rodpo_kernels.topk_scoring import cpu
@@ -86,6 +110,17 @@ def _topk_worker(args) -> dict:
             return scores
         return run
 
+    def matmul_tiled_int8():
+        """The int8 floor: the same tiles through :func:`int8_tile_gemm` on a table quantized
+        beforehand (untimed; the best case for an int8 path)."""
+        q_items, score = int8_tile_gemm(items, users, tile)
+
+        def run():
+            for lo in range(0, args.items, tile):
+                scores = score(q_items[lo:lo + tile])
+            return scores
+        return run
+
     paths = {
         "naive": lambda: tuple((users @ items.T).topk(args.k, dim=1)),
         "fast": lambda: tuple(topk_scores(users, items, args.k)),
@@ -93,8 +128,10 @@ def _topk_worker(args) -> dict:
         "matmul": lambda: (users @ items.T)[:, :1].clone(),
         "matmul_tiled": matmul_tiled("ieee"),
         "matmul_tiled_bf16": matmul_tiled("bf16"),
+        "matmul_tiled_int8": matmul_tiled_int8,
     }
-    out = _measure(paths[args.path], args.device, args.repeats)
+    fn = paths[args.path]() if args.path == "matmul_tiled_int8" else paths[args.path]
+    out = _measure(fn, args.device, args.repeats)
     if args.path in ("naive", *FAST_PATHS):
         scores, ids = out["result"]
         torch.save({"scores": scores.float().cpu(), "ids": ids.cpu()}, args.save)
@@ -188,12 +225,12 @@ def bench_topk(args) -> None:
             paths = [p for p in paths if p not in ("naive", "matmul")]
             skipped = {"naive": why, "matmul": why}
         if args.device == "cuda":
-            paths = [p for p in paths if p not in ("fast_fp32", "matmul_tiled_bf16")]
+            paths = [p for p in paths if p not in ("fast_fp32", *CPU_ONLY_PATHS)]
             skipped |= {"fast_fp32": "compute_dtype is a CPU-path option",
-                        "matmul_tiled_bf16": "oneDNN's bf16 mode is CPU-only"}
+                        **{p: "a oneDNN CPU mode" for p in CPU_ONLY_PATHS}}
         elif args.dtype != "float32":
-            paths.remove("matmul_tiled_bf16")
-            skipped["matmul_tiled_bf16"] = f"the items are {args.dtype} already"
+            paths = [p for p in paths if p not in CPU_ONLY_PATHS]
+            skipped |= {p: f"the items are {args.dtype} already" for p in CPU_ONLY_PATHS}
         with tempfile.TemporaryDirectory() as tmp:
             results = {}
             for path in paths:
