@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	DS_BUILD_SHM_COMM=1 DS_BUILD_FUSED_ADAM=1 $(PY) -m pip install -q --no-cache-dir --no-build-isolation deepspeed==0.19.8
 	$(PY) -m pip install -q -e '.[text,dev]'
+	$(PY) -c "from rodpo_kernels.topk_scoring import native; native.tile_candidates()"  # compile the CPU top-K selection once
 	touch $@
 
 setup: $(VENV)/.installed

@@ -22,10 +22,10 @@ import time
 
 import torch
 
-TOPK_PATHS = ("naive", "fast", "fast_fp32", "matmul", "matmul_tiled", "matmul_tiled_bf16",
-              "matmul_tiled_int8")
-CPU_ONLY_PATHS = ("matmul_tiled_bf16", "matmul_tiled_int8")
-FAST_PATHS = ("fast", "fast_fp32")
+TOPK_PATHS = ("naive", "fast", "fast_fp32", "fast_torch_select", "matmul", "matmul_tiled",
+              "matmul_tiled_bf16", "matmul_tiled_int8")
+ONEDNN_PATHS = ("matmul_tiled_bf16", "matmul_tiled_int8")  # oneDNN CPU modes on fp32 items
+FAST_PATHS = ("fast", "fast_fp32", "fast_torch_select")
 DPO_PATHS = ("reference", "fused")
 
 
@@ -125,10 +125,12 @@ def _topk_worker(args) -> dict:
         "naive": lambda: tuple((users @ items.T).topk(args.k, dim=1)),
         "fast": lambda: tuple(topk_scores(users, items, args.k)),
         "fast_fp32": lambda: tuple(topk_scores(users, items, args.k, compute_dtype=torch.float32)),
+        "fast_torch_select": lambda: tuple(topk_scores(users, items, args.k)),
         "matmul": lambda: (users @ items.T)[:, :1].clone(),
         "matmul_tiled": matmul_tiled("ieee"),
         "matmul_tiled_bf16": matmul_tiled("bf16"),
     }
+    cpu.NATIVE_SELECT = args.path != "fast_torch_select"  # its tiles' candidates by torch ops
     if args.path == "matmul_tiled_int8":  # quantizing the table is untimed set-up: this path only
         paths["matmul_tiled_int8"] = matmul_tiled_int8()
     out = _measure(paths[args.path], args.device, args.repeats)
@@ -222,15 +224,14 @@ def bench_topk(args) -> None:
         if naive_bytes > args.max_naive_gib * 2**30:
             why = (f"the [B, N] score matrix alone needs {naive_bytes / 2**30:.1f} GiB "
                    f"> --max-naive-gib {args.max_naive_gib}")
-            paths = [p for p in paths if p not in ("naive", "matmul")]
             skipped = {"naive": why, "matmul": why}
         if args.device == "cuda":
-            paths = [p for p in paths if p not in ("fast_fp32", *CPU_ONLY_PATHS)]
             skipped |= {"fast_fp32": "compute_dtype is a CPU-path option",
-                        **{p: "a oneDNN CPU mode" for p in CPU_ONLY_PATHS}}
+                        "fast_torch_select": "the CPU path's fallback selection",
+                        **{p: "a oneDNN CPU mode" for p in ONEDNN_PATHS}}
         elif args.dtype != "float32":
-            paths = [p for p in paths if p not in CPU_ONLY_PATHS]
-            skipped |= {p: f"the items are {args.dtype} already" for p in CPU_ONLY_PATHS}
+            skipped |= {p: f"the items are {args.dtype} already" for p in ONEDNN_PATHS}
+        paths = [p for p in paths if p not in skipped]
         with tempfile.TemporaryDirectory() as tmp:
             results = {}
             for path in paths:
@@ -243,6 +244,9 @@ def bench_topk(args) -> None:
                 print("\nfast: tiles scored in bf16 (oneDNN's bf16 mode rounds the operands inside "
                       "each tile matmul, within the timed call; no bf16 copy of the table is "
                       "kept), candidates re-scored in fp32; fast_fp32: compute_dtype=float32")
+            if "fast_torch_select" in results:
+                print("fast_torch_select: fast with its tiles' candidates selected by torch ops "
+                      "(the fallback where select.cpp cannot be built) instead of select.cpp")
             elif "compute" in results.get("fast", {}):
                 print(f"\nfast: tiles scored in {results['fast']['compute']} (no native bf16)")
             for fast in (p for p in FAST_PATHS if "best_s" in results.get(p, {})):

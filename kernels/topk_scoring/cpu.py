@@ -1,17 +1,24 @@
-"""Chunked PyTorch top-K scoring (the fast CPU path; plain torch ops, so it runs on any device).
+"""Chunked top-K scoring, the fast CPU path: torch matmuls per tile, a compiled candidate selection.
 
 Work split: a grid of (user block, item block) pairs, one single-threaded worker thread each;
 user blocks first, since each then scans the whole catalogue and its threshold rises further.
 
 Per worker, ``common.scan`` walks the items in tiles. Per tile: one ``torch.mm`` of the tile with
-the users into a reused items-major ``[T, B]`` fp32 buffer (the faster orientation for oneDNN and
-for the reductions below), excluded entries set to -inf, then LEVELS levels of maxima over groups
-of FANOUT rows into reused buffers; the K-th largest maximum of level FLOOR_LEVEL raises a
-per-user floor (:func:`_raise_floor`: K items score at least that), and only the children of
-entries above the user's threshold are looked at on the way down (:func:`_descend`). Beyond the
-matmul a tile costs one streaming max-reduction plus work on its few candidates: no ``[B, N]``
-tensor, no full-tile ``topk``, no second pass over any item, and the boolean ops (slow on CPU)
-only touch small tensors.
+the users into a reused items-major ``[T, B]`` fp32 buffer (the faster orientation for oneDNN),
+excluded entries set to -inf, then the tile's candidates are selected in one streaming pass by
+the compiled selection (``select.cpp``, built on first use by :mod:`.native`): per user a gate
+that starts at the scan's threshold and rises to just below the K-th best score held so far
+(less 2 error bounds in bf16; ties kept), one vector comparison of each row against all gates,
+and only the few rows that pass are touched again. Beyond the matmul a tile costs that one read
+of its scores: no ``[B, N]`` tensor, no full-tile ``topk``, no second pass over any item.
+
+Where ``select.cpp`` cannot be built (no C++ compiler), or with ``NATIVE_SELECT = False``, the
+tiles' candidates (a superset of their top-K, as above) are found with torch ops: LEVELS levels of maxima over groups of FANOUT rows
+into reused buffers; the K-th largest maximum of level FLOOR_LEVEL raises a per-user floor
+(:func:`_raise_floor`: K items score at least that), and only the children of entries above the
+user's threshold are looked at on the way down (:func:`_descend`). It reads every score once
+more for the maxima and is slower on every CPU measured (``kernels/BENCHMARKS.md``,
+``fast_torch_select``).
 
 Compute dtype. With bf16, the tile matmuls run under oneDNN's bf16 mode
 (``torch.backends.mkldnn.matmul.fp32_precision = "bf16"``: both operands rounded to bf16 inside
@@ -25,7 +32,7 @@ in it too.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache, partial
@@ -33,9 +40,11 @@ from functools import cache, partial
 import torch
 from torch import Tensor
 
+from . import native
 from .common import NEG_INF, RowsOf, UNIT_ROUNDOFF, error_bound, merge, scan
 
-TILE_ELEMENTS = 1 << 22  # scores per tile and worker (16 MiB in fp32)
+TILE_ELEMENTS = 1 << 20  # scores per tile and worker (4 MiB in fp32; 16 MiB GEMMs slower, BENCHMARKS.md)
+MIN_TILE_ROWS = 4096  # items per tile at least: with many users, fewer tiles to merge beat small ones
 FANOUT = 8  # rows per group at each level of the threshold prefilter
 LEVELS = 3  # levels of group maxima above the scores
 FLOOR_LEVEL = 2  # the floor ranks the maxima of groups of FANOUT**FLOOR_LEVEL items
@@ -44,6 +53,7 @@ MIN_SHARD = 2048  # items per item block at least
 MIN_BLOCK_USERS = 32  # users per user block at least
 BF16_FLAGS = {"amx_bf16", "avx512_bf16"}  # /proc/cpuinfo flags of native bf16 dot products
 FLUSH = 2.0**-126  # inputs and results below this may be flushed to zero by AMX
+NATIVE_SELECT = True  # select tile candidates with the compiled selection where it builds
 
 
 @cache
@@ -180,18 +190,40 @@ def _tile_candidates(
     return _dense(users, rows + lo, s_hat, users32.shape[0], cap)
 
 
+def _selected_candidates(
+    select: Callable, users32: Tensor, items: Tensor, lo: int, hi: int, thr: Tensor, cap: int, *,
+    k: int, slack: Tensor, buf: Tensor, excluded: tuple[Tensor, Tensor],
+) -> tuple[Tensor, RowsOf] | None:
+    """The candidates of ``items[lo:hi]`` (see CandidateFn) from the compiled selection
+    (``select.cpp``: one pass over the tile, a per-user gate rising to just below the k-th best
+    held score minus ``slack``, 2 error bounds). ``buf`` and ``excluded``: see :func:`_score_tile`."""
+    found = select(_score_tile(users32, items, lo, hi, buf, excluded), thr, slack, k, cap, lo)
+    if not found:
+        return None
+    s_hat, rows = found
+    return s_hat, partial(rows.gather, 1)
+
+
 def _scan_block(users: Tensor, items: Tensor, k: int, excluded: tuple[Tensor, Tensor],
-                margin: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Top-k (scores, rows) of one block of users over one contiguous block of ``items``."""
+                margin: Tensor | None, select: Callable | None) -> tuple[Tensor, Tensor]:
+    """Top-k (scores, rows) of one block of users over one contiguous block of ``items``, its
+    tiles' candidates selected by ``select`` (the compiled selection) or, if None, with torch ops."""
     block, n_users = FANOUT**LEVELS, users.shape[0]
-    tile = max(block, TILE_ELEMENTS // max(n_users, 1) // block * block)
+    tile = max(block, max(MIN_TILE_ROWS, TILE_ELEMENTS // max(n_users, 1)) // block * block)
     buf = torch.empty(tile, n_users, device=items.device)
-    level_bufs = [buf.new_empty(tile // FANOUT**level, n_users) for level in range(1, LEVELS + 1)]
-    floor = buf.new_full((n_users,), NEG_INF)
     cap = 2 * k + CAP_SLACK
-    first = tile if tile // FANOUT**FLOOR_LEVEL >= k else min(tile, cap)  # no floor: all until k
-    candidates = partial(_tile_candidates, users, items, k=k, margin=margin, floor=floor, buf=buf,
-                         level_bufs=level_bufs, excluded=excluded)
+    if select is not None:
+        slack = torch.zeros(n_users) if margin is None else 2 * margin
+        candidates = partial(_selected_candidates, select, users, items, k=k, slack=slack, buf=buf,
+                             excluded=excluded)
+        first = tile
+    else:
+        level_bufs = [buf.new_empty(tile // FANOUT**level, n_users)
+                      for level in range(1, LEVELS + 1)]
+        floor = buf.new_full((n_users,), NEG_INF)
+        first = tile if tile // FANOUT**FLOOR_LEVEL >= k else min(tile, cap)  # no floor: all until k
+        candidates = partial(_tile_candidates, users, items, k=k, margin=margin, floor=floor,
+                             buf=buf, level_bufs=level_bufs, excluded=excluded)
     return scan(users, items, k, candidates, margin=margin, first_chunk=first, max_chunk=tile,
                 cap=cap)
 
@@ -270,13 +302,14 @@ def topk_rows(users: Tensor, items: Tensor, k: int, keys: Tensor,
     users32 = users.float()
     margin = bf16_margin(users, items) if compute == torch.bfloat16 else None
     user_ranges, item_ranges = _grid(n_users, n_items, torch.get_num_threads())
+    select = native.tile_candidates() if NATIVE_SELECT else None
 
     def scan_block(user_range: range, item_range: range) -> tuple[Tensor, Tensor]:
         torch.set_num_threads(1)  # this worker thread only (a per-thread OpenMP setting)
         u, i = slice(user_range.start, user_range.stop), slice(item_range.start, item_range.stop)
         excluded = _block_exclusions(keys, n_items, user_range, item_range)
         scores, rows = _scan_block(users32[u], items[i], k, excluded,
-                                   None if margin is None else margin[u])
+                                   None if margin is None else margin[u], select)
         return scores, torch.where(rows < 0, -1, rows + item_range.start)
 
     precision = "bf16" if compute == torch.bfloat16 else "ieee"

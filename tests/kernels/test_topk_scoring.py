@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rodpo_kernels import Exclusion, TopK, merge_topk, topk_scores
-from rodpo_kernels.topk_scoring import _resolve, cpu
+from rodpo_kernels.topk_scoring import _resolve, cpu, native
 from rodpo_kernels.topk_scoring import triton as triton_topk
 from rodpo_kernels.topk_scoring.common import UNIT_ROUNDOFF, error_bound
 
@@ -34,22 +34,38 @@ def tiled_scan(monkeypatch) -> None:
     monkeypatch.setattr(cpu, "DENSE_MAX_SCORES", 0)
 
 
-@pytest.fixture(params=["small_chunks", "mid_chunks", "default_chunks"])
+SELECTIONS = ["compiled", "torch_ops"]  # cpu.py's two ways of selecting a tile's candidates
+
+
+def use_selection(monkeypatch, selection: str) -> None:
+    """Select tile candidates with the compiled selection (select.cpp, which must build here) or
+    with the torch-op fallback (hosts without a C++ compiler)."""
+    if selection == "compiled":
+        assert native.tile_candidates() is not None, "the compiled selection did not build"
+    monkeypatch.setattr(cpu, "NATIVE_SELECT", selection == "compiled")
+
+
+@pytest.fixture(params=["small_chunks", "small_chunks-torch_ops", "mid_chunks",
+                        "mid_chunks-torch_ops", "default_chunks"])
 def chunking(request, monkeypatch):
     """Small chunks make every test walk many tiles, overflow and retry, and (CPU) split the
     catalogue into blocks, their tiles too small to raise a floor; mid chunks (CPU) are large enough for oneDNN's
-    bf16 mode to engage; both use the tiled scan, while default chunks score these small
+    bf16 mode to engage; both use the tiled scan (its candidates selected by the compiled
+    selection, or by torch ops: ``-torch_ops``), while default chunks score these small
     catalogues with the dense path (`cpu.scores_densely`)."""
-    if request.param != "default_chunks":
+    chunks, _, selection = request.param.partition("-")
+    if chunks != "default_chunks":
         tiled_scan(monkeypatch)
-    if request.param == "small_chunks":
+        use_selection(monkeypatch, selection or "compiled")
+    if chunks == "small_chunks":
         monkeypatch.setattr(cpu, "TILE_ELEMENTS", 64)
         monkeypatch.setattr(cpu, "FANOUT", 2)
         monkeypatch.setattr(triton_topk, "CAP_SLACK", 3)
-    if request.param == "mid_chunks":
+    if chunks == "mid_chunks":
         monkeypatch.setattr(cpu, "TILE_ELEMENTS", 2048)
         monkeypatch.setattr(cpu, "FANOUT", 4)
-    if request.param != "default_chunks":
+    if chunks != "default_chunks":
+        monkeypatch.setattr(cpu, "MIN_TILE_ROWS", 1)
         monkeypatch.setattr(cpu, "CAP_SLACK", 3)
         monkeypatch.setattr(cpu, "MIN_SHARD", 64)  # blocks of users or items, one per thread
         monkeypatch.setattr(cpu, "MIN_BLOCK_USERS", 2)
@@ -354,18 +370,22 @@ def emulate_bf16_mode(monkeypatch) -> None:
     monkeypatch.setattr(cpu, "_score_tile", rounded)
 
 
+@pytest.mark.parametrize("selection", SELECTIONS)
 @pytest.mark.parametrize("rounding", ["emulated", "onednn"])
 @pytest.mark.parametrize("floor", [True, False])
-def test_bf16_errors_of_both_signs_near_the_bound(floor, rounding, monkeypatch):
+def test_bf16_errors_of_both_signs_near_the_bound(floor, rounding, selection, monkeypatch):
     """Operands rounded to bf16 all downwards on 16 coordinates and all upwards on the other 16:
     items A (on the first) lose 2 unit roundoffs, items B (on the others) gain 2, so B outranks
     the truly better A in bf16 by 1.3 error bounds. The group-maxima floor (B in 10 of the 160
     groups of 4 of one tile, so the K-th group maximum is B's score; or, in tiles of 8 items, too
-    few groups for a floor: the chunk pruning) must keep 2 bounds below the K-th bf16 score, not 1."""
+    few groups for a floor: the chunk pruning) must keep 2 bounds below the K-th bf16 score, not 1;
+    the compiled selection's gate likewise."""
     tiled_scan(monkeypatch)
+    use_selection(monkeypatch, selection)
     monkeypatch.setattr(cpu, "FANOUT", 2)
     if not floor:
         monkeypatch.setattr(cpu, "TILE_ELEMENTS", 40)
+        monkeypatch.setattr(cpu, "MIN_TILE_ROWS", 1)
     if rounding == "emulated":
         emulate_bf16_mode(monkeypatch)
     half = 2.0**-8  # half the bf16 spacing in [1, 2)
@@ -382,11 +402,14 @@ def test_bf16_errors_of_both_signs_near_the_bound(floor, rounding, monkeypatch):
     assert_topk_matches(out, topk_scores(users, items, 8, backend="reference"), users, items)
 
 
+@pytest.mark.parametrize("selection", SELECTIONS)
 @pytest.mark.parametrize("compute", [torch.float32, BF16])
-def test_items_tied_with_the_floor_are_kept(compute, monkeypatch):
+def test_items_tied_with_the_floor_are_kept(compute, selection, monkeypatch):
     """K groups whose maxima tie exactly at the K-th group maximum, every other item far below:
-    the top-k is exactly those K items, so the floor must sit below the tie, not on it."""
+    the top-k is exactly those K items, so the floor (or the compiled selection's gate) must sit
+    below the tie, not on it."""
     tiled_scan(monkeypatch)
+    use_selection(monkeypatch, selection)
     monkeypatch.setattr(cpu, "FANOUT", 2)  # one tile of 640 rows: 160 groups of 4 (rows % 160)
     users = torch.ones(3, 8)
     items = torch.full((640, 8), -1.0)
