@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -135,6 +136,7 @@ def test_sweep_points_one_factor_at_a_time_or_the_full_grid():
 
 def test_study_plan_names_folders_by_settings_and_builds_variant_backbones():
     from rodpo_dist.config import load_config
+    from rodpo_dist.study.records import variant_name
     from rodpo_dist.study.runner import study_plan
 
     cfg = load_config("configs/demo.yaml", ["study.variants={moe: [moe.enabled=true]}", "study.variant_methods=[rodpo, hard]"])
@@ -153,5 +155,12 @@ def test_study_plan_names_folders_by_settings_and_builds_variant_backbones():
     assert [(r.method, r.folder) for r in moe_only] == [(r.method, r.folder) for r in plan[8:]]
     with pytest.raises(ValueError, match=r"unknown \['dense'\]"):
         study_plan(cfg, [0], ["rodpo"], variants=["dense"])
+    own = load_config("configs/demo.yaml", ['study.variants={moe: [moe.enabled=true, "study.variant_methods=[hard]"]}'])
+    assert [r.method for r in study_plan(own, [0], ["ce", "hard"], variants=["moe"])] == ["backbone", "hard"]
+    sampled = load_config("configs/demo.yaml", ["study.variants={neg8: [pretrain.loss=sampled, pretrain.num_sampled=8]}"])
+    parts = "id+text+image+attr"
+    assert [variant_name(r.cfg) for r in study_plan(sampled, [0], ["ce"])] == [parts] * 2 + [f"{parts}+sampled8"] * 2
+    with pytest.raises(ValueError, match=re.escape(f"'base' and 'deeper' have the same backbone parts ('{parts}')")):
+        study_plan(load_config("configs/demo.yaml", ["study.variants={deeper: [model.layers=3]}"]), [0], [])
     with pytest.raises(Exception, match="moe.top_k"):
         study_plan(load_config("configs/demo.yaml", ["study.variants={moe: [moe.enabled=true, moe.top_k=3]}"]), [0], [])

@@ -215,6 +215,8 @@ class StudyConfig:
     """Extra backbone variants, name -> overrides (e.g. `moe: [moe.enabled=true]`): each is pretrained
     per seed and aligned with `variant_methods`."""
     variant_methods: list[str] = field(default_factory=lambda: ["ce", "rodpo"])
+    """Methods aligned from each variant's backbone; a variant's own overrides may set its own
+    (`sampled: [pretrain.loss=sampled, "study.variant_methods=[ce, rodpo, hard]"]`)."""
 
 
 @dataclass

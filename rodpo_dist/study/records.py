@@ -28,10 +28,14 @@ def dataset_name(cfg: Config) -> str:
 
 
 def variant_name(cfg: Config) -> str:
-    """The backbone variant: its item parts (id + modalities), and the MoE placement when it has one."""
+    """The backbone variant: its item parts (id + modalities), the MoE placement when it has one,
+    and the pretraining loss when it is not the full softmax (`sampled8`: 8 sampled negatives)."""
     parts = (["id"] if cfg.model.use_id_embedding else []) + list(cfg.data.modalities)
-    name = "+".join(parts)
-    return f"{name}+moe({cfg.moe.placement})" if cfg.moe.enabled else name
+    if cfg.moe.enabled:
+        parts.append(f"moe({cfg.moe.placement})")
+    if cfg.pretrain.loss == "sampled":
+        parts.append(f"sampled{cfg.pretrain.num_sampled}")
+    return "+".join(parts)
 
 
 def record_key(record: dict[str, Any]) -> tuple[str, str, str, int]:

@@ -77,7 +77,7 @@ BASE_VARIANT = "base"
 
 def study_plan(cfg: Config, seeds: list[int], methods: list[str], variants: list[str] | None = None) -> list[PlannedRun]:
     """Every run of the study in order (each backbone before the methods aligned from it); a variant
-    runs the `study.variant_methods` that are among `methods`. `variants` keeps only the named ones
+    runs its `study.variant_methods` (the config's, unless its overrides set its own) that are among `methods`. `variants` keeps only the named ones
     (`base`: the config as given; default: all)."""
     known = [BASE_VARIANT, *cfg.study.variants]
     unknown = [v for v in variants or [] if v not in known]
@@ -86,8 +86,15 @@ def study_plan(cfg: Config, seeds: list[int], methods: list[str], variants: list
     base = dataclasses.replace(cfg, stage="pretrain", init="")
     planned = {BASE_VARIANT: (base, methods)}
     for name, overrides in cfg.study.variants.items():
-        planned[name] = (with_overrides(base, overrides, f"study.variants.{name}"),
-                         [m for m in cfg.study.variant_methods if m in methods])
+        variant_cfg = with_overrides(base, overrides, f"study.variants.{name}")
+        planned[name] = (variant_cfg, [m for m in variant_cfg.study.variant_methods if m in methods])
+    names: dict[str, str] = {}
+    for name, (variant_cfg, _) in planned.items():
+        shown = variant_name(variant_cfg)
+        if shown in names:  # their records would replace each other
+            raise ValueError(f"study variants {names[shown]!r} and {name!r} have the same backbone parts "
+                             f"({shown!r}): give one of them its own (records.variant_name)")
+        names[shown] = name
     plan = []
     for variant_cfg, variant_methods in (planned[v] for v in known if variants is None or v in variants):
         for seed in seeds:
