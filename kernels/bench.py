@@ -244,11 +244,11 @@ def bench_topk(args) -> None:
                 print("\nfast: tiles scored in bf16 (oneDNN's bf16 mode rounds the operands inside "
                       "each tile matmul, within the timed call; no bf16 copy of the table is "
                       "kept), candidates re-scored in fp32; fast_fp32: compute_dtype=float32")
+            elif "compute" in results.get("fast", {}):
+                print(f"\nfast: tiles scored in {results['fast']['compute']} (no native bf16)")
             if "fast_torch_select" in results:
                 print("fast_torch_select: fast with its tiles' candidates selected by torch ops "
                       "(the fallback where select.cpp cannot be built) instead of select.cpp")
-            elif "compute" in results.get("fast", {}):
-                print(f"\nfast: tiles scored in {results['fast']['compute']} (no native bf16)")
             for fast in (p for p in FAST_PATHS if "best_s" in results.get(p, {})):
                 if "naive" in paths and "best_s" in results["naive"]:
                     a, b = (torch.load(os.path.join(tmp, f"{p}.pt")) for p in ("naive", fast))

@@ -13,12 +13,12 @@ and only the few rows that pass are touched again. Beyond the matmul a tile cost
 of its scores: no ``[B, N]`` tensor, no full-tile ``topk``, no second pass over any item.
 
 Where ``select.cpp`` cannot be built (no C++ compiler), or with ``NATIVE_SELECT = False``, the
-tiles' candidates (a superset of their top-K, as above) are found with torch ops: LEVELS levels of maxima over groups of FANOUT rows
-into reused buffers; the K-th largest maximum of level FLOOR_LEVEL raises a per-user floor
-(:func:`_raise_floor`: K items score at least that), and only the children of entries above the
-user's threshold are looked at on the way down (:func:`_descend`). It reads every score once
-more for the maxima and is slower on every CPU measured (``kernels/BENCHMARKS.md``,
-``fast_torch_select``).
+tiles' candidates (a superset of their top-K, as above) are found with torch ops: LEVELS levels
+of maxima over groups of FANOUT rows into reused buffers; the K-th largest maximum of level
+FLOOR_LEVEL raises a per-user floor (:func:`_raise_floor`: K items score at least that), and only
+the children of entries above the user's threshold are looked at on the way down
+(:func:`_descend`). It reads every score once more for the maxima and was slower in every
+side-by-side run (``kernels/BENCHMARKS.md``, row ``fast_torch_select``).
 
 Compute dtype. With bf16, the tile matmuls run under oneDNN's bf16 mode
 (``torch.backends.mkldnn.matmul.fp32_precision = "bf16"``: both operands rounded to bf16 inside
@@ -43,7 +43,7 @@ from torch import Tensor
 from . import native
 from .common import NEG_INF, RowsOf, UNIT_ROUNDOFF, error_bound, merge, scan
 
-TILE_ELEMENTS = 1 << 20  # scores per tile and worker (4 MiB in fp32; 16 MiB GEMMs slower, BENCHMARKS.md)
+TILE_ELEMENTS = 1 << 20  # scores per tile and worker (4 MiB in fp32; as fast as 16 MiB: BENCHMARKS.md)
 MIN_TILE_ROWS = 4096  # items per tile at least: with many users, fewer tiles to merge beat small ones
 FANOUT = 8  # rows per group at each level of the threshold prefilter
 LEVELS = 3  # levels of group maxima above the scores

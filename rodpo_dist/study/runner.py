@@ -77,8 +77,9 @@ BASE_VARIANT = "base"
 
 def study_plan(cfg: Config, seeds: list[int], methods: list[str], variants: list[str] | None = None) -> list[PlannedRun]:
     """Every run of the study in order (each backbone before the methods aligned from it); a variant
-    runs its `study.variant_methods` (the config's, unless its overrides set its own) that are among `methods`. `variants` keeps only the named ones
-    (`base`: the config as given; default: all)."""
+    runs its `study.variant_methods` (the config's, unless its overrides set their own) that are
+    among `methods`. `variants` keeps only the named ones (`base`: the config as given; default: all).
+    Variants whose records would share a name (`records.variant_name`) are refused."""
     known = [BASE_VARIANT, *cfg.study.variants]
     unknown = [v for v in variants or [] if v not in known]
     if unknown:

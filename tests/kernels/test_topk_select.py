@@ -40,13 +40,14 @@ def check(select, scores, thr, slack, k, row_offset=0) -> None:
     n_users = scores.shape[1]
     assert s_hat.shape == rows.shape and s_hat.shape[0] == n_users
     assert s_hat.dtype == torch.float32 and rows.dtype == torch.int64
-    for b, want in enumerate(expected_rows(scores, thr, slack, k)):
+    expected = expected_rows(scores, thr, slack, k)
+    for b, want in enumerate(expected):
         real = rows[b] >= 0
         got = rows[b][real] - row_offset
         assert set(got.tolist()) == want and got.numel() == len(want)  # each row once
         assert torch.equal(s_hat[b][real], scores[got, b])  # the tile's own scores
         assert (s_hat[b][~real] == float("-inf")).all() and (rows[b][~real] == -1).all()
-    assert rows.shape[1] == max(len(w) for w in expected_rows(scores, thr, slack, k))
+    assert rows.shape[1] == max(len(w) for w in expected)
 
 
 @pytest.mark.parametrize("n_users", [1, 5, 16, 37])  # lanes: a partial block, one, several + tail
