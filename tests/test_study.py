@@ -160,6 +160,8 @@ def test_study_plan_names_folders_by_settings_and_builds_variant_backbones():
     sampled = load_config("configs/demo.yaml", ["study.variants={neg8: [pretrain.loss=sampled, pretrain.num_sampled=8]}"])
     parts = "id+text+image+attr"
     assert [variant_name(r.cfg) for r in study_plan(sampled, [0], ["ce"])] == [parts] * 2 + [f"{parts}+sampled8"] * 2
+    dpo_only = load_config("configs/demo.yaml", ["study.variants={plain: [align.ce_weight=0]}"])
+    assert [variant_name(r.cfg) for r in study_plan(dpo_only, [0], ["ce"])] == [parts] * 2 + [f"{parts}+dpo_only"] * 2
     with pytest.raises(ValueError, match=re.escape(f"'base' and 'deeper' have the same backbone parts ('{parts}')")):
         study_plan(load_config("configs/demo.yaml", ["study.variants={deeper: [model.layers=3]}"]), [0], [])
     with pytest.raises(Exception, match="moe.top_k"):

@@ -28,13 +28,16 @@ def dataset_name(cfg: Config) -> str:
 
 
 def variant_name(cfg: Config) -> str:
-    """The backbone variant: its item parts (id + modalities), the MoE placement when it has one,
-    and the pretraining loss when it is not the full softmax (`sampled8`: 8 sampled negatives)."""
+    """The variant: its item parts (id + modalities), the MoE placement when it has one, the
+    pretraining loss when it is not the full softmax (`sampled8`: 8 sampled negatives), and
+    `dpo_only` when alignment drops the CE anchor (`align.ce_weight` 0; the `ce` control keeps it)."""
     parts = (["id"] if cfg.model.use_id_embedding else []) + list(cfg.data.modalities)
     if cfg.moe.enabled:
         parts.append(f"moe({cfg.moe.placement})")
     if cfg.pretrain.loss == "sampled":
         parts.append(f"sampled{cfg.pretrain.num_sampled}")
+    if cfg.align.ce_weight == 0:
+        parts.append("dpo_only")
     return "+".join(parts)
 
 
