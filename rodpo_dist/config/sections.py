@@ -169,6 +169,8 @@ class AlignConfig(StageConfig):
     """Train the policy without dropout (and without MoE gating noise), so its rewards against the
     eval-mode reference are exactly 0 before the first update (TRL's `disable_dropout`)."""
     label_smoothing: float = 0.0
+    """Conservative DPO: each pair's label is taken as right with probability 1 - eps, so the loss is
+    minimised at the finite margin log((1 - eps) / eps) / beta (0: plain DPO; H11 in docs/alignment_tuning.md)."""
     reference_update_every: int = 0
     """TR-DPO soft update of the reference every N steps (ref <- a * policy + (1 - a) * ref); 0 = frozen."""
     reference_update_alpha: float = 0.5
