@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from rodpo_dist.study.records import load_records, ranks_path, save_records
-from rodpo_dist.study.report import (false_negative_table, final_weights_table, held_out_table, results_table,
-                                     target_check, write_results)
+from rodpo_dist.study.report import (false_negative_table, final_weights_table, held_out_table, plot_training,
+                                     results_table, target_check, write_results)
 from rodpo_dist.study.stats import comparisons, paired_bootstrap, per_user
 
 
@@ -120,6 +120,21 @@ def test_target_needs_five_percent_and_significant_leads_over_ce_hard_and_random
     assert "**not met**" in target_check([entry("backbone", 4.0, 2.0), *good[1:]], "Toy")  # +4% < +5%
     assert "**not met**" in target_check([good[0], entry("ce", 1.0, -0.2), *good[2:]], "Toy")  # lead over ce not significant
     assert "**not met**" in target_check(good[:3], "Toy")  # no random baseline: not shown
+
+
+def test_training_plot_gives_each_method_one_colour_in_both_panels(tmp_path):
+    runs = {}
+    for method in ("ce", "random", "rodpo"):  # ce logs no reward accuracy
+        rows = [{"kind": "valid", "step": s, "ndcg@5": 0.03} for s in (0, 10)]
+        rows += [] if method == "ce" else [{"kind": "train", "step": s, "accuracy": 0.6} for s in (5, 10)]
+        (tmp_path / method).mkdir()
+        (tmp_path / method / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        runs[method] = tmp_path / method
+    fig = plot_training(runs, tmp_path / "plot.png")
+    valid, accuracy = ({line.get_label(): line.get_color() for line in ax.lines} for ax in fig.axes)
+    assert list(valid) == ["ce", "random", "rodpo"] and list(accuracy) == ["random", "rodpo"]
+    assert all(accuracy[m] == valid[m] for m in accuracy) and len(set(valid.values())) == 3
+    assert (tmp_path / "plot.png").stat().st_size > 0
 
 
 def test_sweep_points_one_factor_at_a_time_or_the_full_grid():

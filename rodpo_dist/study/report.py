@@ -206,22 +206,25 @@ def write_results(out: Path) -> Path:
     return path
 
 
-def plot_training(run_dirs: dict[str, Path], path: Path) -> None:
-    """Validation NDCG@5 and train reward accuracy over alignment steps, one line per method."""
+def plot_training(run_dirs: dict[str, Path], path: Path):
+    """Validation NDCG@5 and train reward accuracy over alignment steps, one line per method, in
+    the same colour in both panels (the `ce` control has no reward accuracy). Returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for method, run in run_dirs.items():
+    for i, (method, run) in enumerate(run_dirs.items()):
         valid, train = read_metrics(run, "valid"), [r for r in read_metrics(run, "train") if "accuracy" in r]
-        ax1.plot([r["step"] for r in valid], [r["ndcg@5"] for r in valid], marker="o", label=method)
+        ax1.plot([r["step"] for r in valid], [r["ndcg@5"] for r in valid], marker="o", label=method, color=f"C{i}")
         if train:
-            ax2.plot([r["step"] for r in train], [r["accuracy"] for r in train], label=method)
+            ax2.plot([r["step"] for r in train], [r["accuracy"] for r in train], label=method, color=f"C{i}")
     ax1.set(title="validation NDCG@5", xlabel="alignment step")
     ax2.set(title="reward accuracy (train)", xlabel="alignment step")
     ax1.legend()
+    ax2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return fig
