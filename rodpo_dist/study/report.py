@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,6 +12,9 @@ from rodpo_dist.study.records import load_records
 from rodpo_dist.study.stats import comparisons
 from rodpo_dist.train.false_negatives import bin_names
 from rodpo_dist.train.run_log import read_metrics
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TABLE_METRICS = ["hr@5", "ndcg@5", "mrr@5", "hr@10", "ndcg@10", "mrr@10"]
 METHOD_ORDER = ("backbone", "ce", "random", "hard", "rodpo", "sdpo")
@@ -206,7 +209,7 @@ def write_results(out: Path) -> Path:
     return path
 
 
-def plot_training(run_dirs: dict[str, Path], path: Path):
+def plot_training(run_dirs: dict[str, Path], path: Path) -> Figure:
     """Validation NDCG@5 and train reward accuracy over alignment steps, one line per method, in
     the same colour in both panels (the `ce` control has no reward accuracy). Returns the figure."""
     import matplotlib
