@@ -46,7 +46,10 @@ def join_expert_groups(model: nn.Module, attach: bool = False) -> None:
     `deepspeed.initialize` does this for the model it wraps, but a checkpoint is loaded (by local
     expert index) before that. `attach=True` also hands the groups to the layers, for a model no
     engine will wrap (the frozen reference policy); DeepSpeed refuses to attach them twice.
+    A model without DeepSpeed-MoE layers returns at once (DeepSpeed need not be installed).
     """
+    if not any(".deepspeed_experts." in name for name, _ in model.named_parameters()):
+        return
     from deepspeed.moe.layer import MoE
     from deepspeed.utils import groups
 
