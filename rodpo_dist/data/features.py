@@ -2,8 +2,12 @@
 
 Row convention: row `i` belongs to item id `i`; row 0 is padding (zeros). A dense `.npy` file may
 have N+1 rows (that convention) or N rows (ids 1..N; a zero row is prepended).
+A `.npy` file with `<file stem>.ids.txt` beside it is keyed by raw item id instead (row r = the id on
+line r+1), so vectors computed elsewhere line up with the items that survive filtering.
 Bags (attribute ids) are stored padded: raw attribute id `a` (>= 0) becomes `a + 1`, 0 = padding,
 so `vocab_size = max raw id + 2`.
+A modality may know which items have no value (`Modality.missing`): their rows are zeros, and
+`prepare` stores the flags as the indicator modality `<name>_missing` that the item encoder sees.
 """
 
 from __future__ import annotations
@@ -42,6 +46,25 @@ class Modality:
 
     spec: ModalitySpec
     rows: Callable[[int, int], np.ndarray]
+    missing: np.ndarray | None = None
+    """bool [N+1]: True where the item has no value (its row is zeros; row 0 is False); None: none missing."""
+
+    def coverage(self) -> float:
+        """Share of items 1..N with a value."""
+        return 1.0 if self.missing is None else 1.0 - float(self.missing[1:].mean())
+
+    def indicator(self) -> Modality | None:
+        """The dense [N+1, 1] missing flags (1.0 = no value), or None when every item has a value."""
+        if self.missing is None or not self.missing[1:].any():
+            return None
+        return dense(self.missing[:, None].astype(np.float32))
+
+
+def missing_flags(has: np.ndarray) -> np.ndarray | None:
+    """`Modality.missing` from has-a-value flags of ids 0..N (row 0, padding, never missing); None if none is."""
+    missing = ~np.asarray(has, dtype=bool)
+    missing[0] = False
+    return missing if missing.any() else None
 
 
 def check_finite(matrix: np.ndarray, where: str | Path, first_row: int = 0) -> None:
@@ -53,31 +76,66 @@ def check_finite(matrix: np.ndarray, where: str | Path, first_row: int = 0) -> N
             raise DataError(where, "NaN or inf in the feature values", f"row {row}")
 
 
-def dense(matrix: np.ndarray) -> Modality:
+def dense(matrix: np.ndarray, missing: np.ndarray | None = None) -> Modality:
     """A float32 dense modality from an [N+1, dim] array (row 0 = padding)."""
     out = np.asarray(matrix, dtype=np.float32)
-    return Modality(ModalitySpec("dense", out.shape[1], "float32"), lambda a, b: out[a:b])
+    return Modality(ModalitySpec("dense", out.shape[1], "float32"), lambda a, b: out[a:b], missing)
 
 
 def as_dtype(modality: Modality, dtype: str) -> Modality:
     """The same modality stored as `dtype` (dense only; bags stay int32)."""
     if modality.spec.kind != "dense" or modality.spec.dtype == dtype:
         return modality
-    return Modality(replace(modality.spec, dtype=dtype), lambda a, b: modality.rows(a, b).astype(dtype))
+    return replace(modality, spec=replace(modality.spec, dtype=dtype),
+                   rows=lambda a, b: modality.rows(a, b).astype(dtype))
 
 
-def dense_from_npy(path: str | Path, num_items: int) -> Modality:
-    """A float32 dense modality from a `.npy` file with N+1 rows (row i = item i) or N rows (ids 1..N)."""
+def _load_npy(path: str | Path) -> np.ndarray:
+    """A 2-d numeric `.npy` array, memory-mapped, every row finite."""
     try:
         matrix = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as err:
         raise DataError(path, f"not a readable .npy array: {err}") from None
     if matrix.ndim != 2 or not (np.issubdtype(matrix.dtype, np.floating) or np.issubdtype(matrix.dtype, np.integer)):
         raise DataError(path, f"expected a 2-d numeric array, got shape {matrix.shape} dtype {matrix.dtype}")
+    check_finite(matrix, path)
+    return matrix
+
+
+def ids_file(npy: str | Path) -> Path:
+    """The raw-id file of a keyed `.npy`: `<stem>.ids.txt` beside it."""
+    return Path(npy).with_suffix(".ids.txt")
+
+
+def dense_by_raw_id(path: str | Path, raw_ids: list[str]) -> Modality:
+    """A dense modality for items 1..N (raw ids `raw_ids`) from a `.npy` keyed by `ids_file(path)`.
+
+    Items absent from the id file are missing; a repeated id or a row count that differs from the
+    id file's line count is an error naming the file and line.
+    """
+    matrix = _load_npy(path)
+    keys = ids_file(path).read_text(encoding="utf-8").splitlines()
+    if len(keys) != len(matrix):
+        raise DataError(ids_file(path), f"has {len(keys)} ids for the {len(matrix)} rows of {path}")
+    row_of: dict[str, int] = {}
+    for line, key in enumerate(keys):
+        if key.strip() in row_of:
+            raise DataError(ids_file(path), f"item id {key.strip()!r} repeated (first on line "
+                            f"{row_of[key.strip()] + 1})", f"line {line + 1}")
+        row_of[key.strip()] = line
+    rows = np.array([-1] + [row_of.get(str(r), -1) for r in raw_ids], dtype=np.int64)
+    out = np.zeros((len(rows), matrix.shape[1]), dtype=np.float32)
+    found = rows >= 0
+    out[found] = matrix[rows[found]]
+    return dense(out, missing_flags(found))
+
+
+def dense_from_npy(path: str | Path, num_items: int) -> Modality:
+    """A float32 dense modality from a `.npy` file with N+1 rows (row i = item i) or N rows (ids 1..N)."""
+    matrix = _load_npy(path)
     if len(matrix) not in (num_items, num_items + 1):
         raise DataError(path, f"has {len(matrix)} rows; expected {num_items + 1} (row i = item id i, row 0 padding) "
                         f"or {num_items} (ids 1..{num_items}) for num_items={num_items}")
-    check_finite(matrix, path)
     offset = num_items + 1 - len(matrix)  # 1 when row 0 (padding) is missing from the file
 
     def rows(a: int, b: int) -> np.ndarray:
@@ -124,7 +182,12 @@ def embed_texts(texts: list[str], encoder: str, *, batch_size: int = 256, progre
     return np.asarray(out, dtype=np.float32)
 
 
-def text_modality(texts: list[str], encoder: str, *, progress: bool = True) -> Modality:
-    """Dense text features for items 1..N from their texts (row 0 = zeros)."""
-    emb = embed_texts(texts, encoder, progress=progress)
-    return dense(np.concatenate([np.zeros((1, emb.shape[1]), np.float32), emb]))
+def text_modality(texts: list[str | None], encoder: str, *, progress: bool = True) -> Modality:
+    """Dense text features for items 1..N from their texts (row 0 = zeros; None = no text: zeros, missing)."""
+    has = np.array([False] + [t is not None for t in texts])
+    if not has.any():
+        raise DataError(encoder, f"none of the {len(texts)} items has a text to embed")
+    emb = embed_texts([t for t in texts if t is not None], encoder, progress=progress)
+    out = np.zeros((len(has), emb.shape[1]), np.float32)
+    out[has] = emb
+    return dense(out, missing_flags(has))

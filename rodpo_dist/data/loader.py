@@ -21,6 +21,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
+from rodpo_dist.config.validate import MISSING_SUFFIX
 from rodpo_dist.data.batching import window_batches
 from rodpo_dist.data.errors import DataError
 from rodpo_dist.data.manifest import ITEMS, MANIFEST_FILE, Manifest, load_manifest
@@ -29,12 +30,14 @@ from rodpo_dist.data.split import SPLITS
 
 
 def _modalities(directory: Path, manifest: Manifest, names: list[str] | None) -> list[str]:
-    names = list(manifest.modalities) if names is None else names
+    """`names` (None: all), each followed by its missing indicator when the dataset has one."""
+    if names is None:
+        return list(manifest.modalities)
     for name in names:
         if name not in manifest.modalities:
             raise DataError(directory / MANIFEST_FILE, f"unknown modality {name!r}; known: "
                             f"{', '.join(manifest.modalities) or '(none)'}")
-    return names
+    return [m for name in names for m in (name, name + MISSING_SUFFIX) if m in manifest.modalities]
 
 
 def iter_item_blocks(directory: str | Path, modalities: list[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
@@ -53,7 +56,8 @@ def iter_item_blocks(directory: str | Path, modalities: list[str] | None = None)
 
 
 def load_item_features(directory: str | Path, modalities: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """Item features by modality, row i = item id i, row 0 = padding (zeros / 0).
+    """Item features by modality, row i = item id i, row 0 = padding (zeros / 0); a modality named in
+    `modalities` brings its missing indicator `<name>_missing` along when the dataset has one.
 
     Dense: float tensor [N+1, dim] in the stored dtype (float32 or float16); bag: long [N+1, max_len].
     """

@@ -16,17 +16,22 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from rodpo_dist.config import Config, DataConfig
+from rodpo_dist.config.validate import MISSING_SUFFIX
+from rodpo_dist.data.catalog import CatalogSpec, interactions_spec, load_catalog
 from rodpo_dist.data.errors import DataError
-from rodpo_dist.data.features import Modality, as_dtype, bags, dense_from_npy, text_modality
+from rodpo_dist.data.features import (Modality, as_dtype, bags, dense_by_raw_id, dense_from_npy, ids_file,
+                                      text_modality)
 from rodpo_dist.data.manifest import ITEMS, MANIFEST_FILE, Manifest, ShardInfo, load_manifest
+from rodpo_dist.data.recbole import recbole_spec
 from rodpo_dist.data.shards import json_bytes, npy_bytes, sha256_file, write_shard
-from rodpo_dist.data.sources import (Interactions, read_interactions, read_s3rec_attributes, read_s3rec_items,
-                                     read_s3rec_sequences, s3rec_paths)
+from rodpo_dist.data.sources import (Interactions, read_s3rec_attributes, read_s3rec_items, read_s3rec_sequences,
+                                     s3rec_paths)
 from rodpo_dist.data.split import SPLITS, split_samples
 from rodpo_dist.data.synthetic import TRUTH_FILE, SyntheticCatalog
 
@@ -42,6 +47,8 @@ class _Loaded:
     modalities: dict[str, Callable[[], Modality]]
     paths: dict[str, str]
     write_extra: Callable[[Path], None] = lambda _: None
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Counts of the source's own steps (interactions with unknown items, below min_rating)."""
 
 
 def _load_synthetic(cfg: DataConfig, progress: bool) -> _Loaded:
@@ -61,26 +68,43 @@ def _load_s3rec(cfg: DataConfig, progress: bool) -> _Loaded:
     return _Loaded(data, factories, {k: str(v) for k, v in paths.items()})
 
 
-def _load_interactions(cfg: DataConfig, progress: bool) -> _Loaded:
-    data = read_interactions(cfg.path, cfg.min_user_items, cfg.min_item_users)
-    return _Loaded(data, {}, {"interactions": cfg.path})
+def _load_catalog(spec: CatalogSpec, cfg: DataConfig, progress: bool) -> _Loaded:
+    data, factories, stats = load_catalog(spec, cfg, progress)
+    paths = {"interactions": str(spec.interactions), **({"items": str(spec.table.path)} if spec.table else {})}
+    return _Loaded(data, factories, paths, stats=stats)
 
 
-_SOURCES = {"synthetic": _load_synthetic, "s3rec": _load_s3rec, "interactions": _load_interactions}
+_SOURCES = {"synthetic": _load_synthetic, "s3rec": _load_s3rec,
+            "interactions": lambda cfg, progress: _load_catalog(interactions_spec(cfg), cfg, progress),
+            "recbole": lambda cfg, progress: _load_catalog(recbole_spec(cfg), cfg, progress)}
+
+
+def _feature_file(path: str, data: Interactions) -> Modality:
+    """A `data.feature_files` entry: keyed by raw item id when its id file is beside it, else by row."""
+    if ids_file(path).is_file():
+        if data.item_ids is None:
+            raise DataError(ids_file(path), "raw item ids need a source that has them (not the synthetic catalog)")
+        return dense_by_raw_id(path, data.item_ids)
+    return dense_from_npy(path, data.num_items)
 
 
 def _resolve_modalities(cfg: DataConfig, loaded: _Loaded) -> dict[str, Modality]:
-    available = {**loaded.modalities, **{name: (lambda p=p: dense_from_npy(p, loaded.data.num_items))
+    """The modalities of `data.modalities`, each followed by its missing indicator when some item lacks it."""
+    available = {**loaded.modalities, **{name: (lambda p=p: _feature_file(p, loaded.data))
                                          for name, p in cfg.feature_files.items()}}
     out = {}
     for name in cfg.modalities:
-        if name in RESERVED_MEMBERS:
-            raise DataError("data.modalities", f"{name!r} is reserved for a shard member; rename the modality")
+        if name in RESERVED_MEMBERS or name.endswith(MISSING_SUFFIX):
+            raise DataError("data.modalities", f"{name!r} is reserved for a shard member or a missing indicator; "
+                            "rename the modality")
         if name not in available:
             raise DataError(cfg.path or cfg.source, f"modality {name!r} is not available for source "
                             f"{cfg.source!r}; available: {', '.join(available) or '(none)'} "
-                            "(add dense ones with data.feature_files)")
+                            "(add dense ones with data.feature_files, or item table columns with data.items)")
         out[name] = as_dtype(available[name](), cfg.feature_dtype)
+        indicator = out[name].indicator()
+        if indicator is not None:
+            out[name + MISSING_SUFFIX] = indicator
     return out
 
 
@@ -124,11 +148,13 @@ def _write_items(modalities: dict[str, Modality], num_items: int, out: Path, per
     return shards
 
 
-def _stats(data: Interactions) -> dict[str, float]:
+def _stats(data: Interactions, modalities: dict[str, Modality], extra: dict[str, Any]) -> dict[str, Any]:
     lengths = data.lengths
+    coverage = {m: round(mod.coverage(), 6) for m, mod in modalities.items() if not m.endswith(MISSING_SUFFIX)}
     return {"avg_seq_len": round(float(lengths.mean()), 3), "min_seq_len": int(lengths.min()),
             "max_seq_len": int(lengths.max()),
-            "sparsity": round(1.0 - len(data.items) / (data.num_users * data.num_items), 6)}
+            "sparsity": round(1.0 - len(data.items) / (data.num_users * data.num_items), 6),
+            "coverage": coverage, **extra}
 
 
 def _build(cfg: DataConfig, out: Path, progress: bool) -> Manifest:
@@ -146,7 +172,7 @@ def _build(cfg: DataConfig, out: Path, progress: bool) -> Manifest:
         source={"type": cfg.source, "paths": loaded.paths, "config": dataclasses.asdict(cfg)},
         num_users=data.num_users, num_items=data.num_items, num_interactions=len(data.items),
         modalities={m: mod.spec for m, mod in modalities.items()}, shards=shards,
-        item_block_size=cfg.item_block_size, stats=_stats(data), files=files)
+        item_block_size=cfg.item_block_size, stats=_stats(data, modalities, loaded.stats), files=files)
     manifest.save(out)
     return manifest
 
@@ -185,9 +211,18 @@ def stats(directory: str | Path) -> str:
             ("seq length avg/min/max", f"{m.stats['avg_seq_len']:.2f} / {m.stats['min_seq_len']} / "
                                        f"{m.stats['max_seq_len']}"),
             ("sparsity", f"{m.stats['sparsity']:.4%}")]
+    coverage = m.stats.get("coverage", {})
     for name, spec in m.modalities.items():
         extra = f", vocab {spec.vocab_size}" if spec.kind == "bag" else ""
+        if name in coverage:
+            extra += f"; {coverage[name]:.1%} of items have it"
         rows.append((f"modality {name}", f"{spec.kind} {spec.dtype} [{spec.dim}]{extra}"))
+    if "unknown_item_interactions" in m.stats:
+        unknown = m.stats["unknown_item_interactions"]
+        rows.append(("interactions, item not in table", f"{unknown['count']:,} ({unknown['policy']})"))
+    if "below_min_rating" in m.stats:
+        rows.append((f"interactions rated < {m.source['config']['min_rating']}", f"{m.stats['below_min_rating']:,} "
+                                                                                 "(left out)"))
     for group, shards in m.shards.items():
         rows.append((f"{group} shards", f"{len(shards)} ({sum(s.count for s in shards):,} records)"))
     rows.append(("created", m.created))

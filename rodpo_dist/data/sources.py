@@ -1,16 +1,12 @@
-"""Readers of raw interaction data into `Interactions` (user sequences with ids 1..U and 1..N).
+"""`Interactions` (user sequences with ids 1..U and 1..N) and the readers of S3-Rec folders.
 
-- S3-Rec folders (`NAME.txt`: `user item item ...`, 1-based ids, chronological): ids are kept as in
-  the file and must already be contiguous; no re-filtering.
-- Generic interaction files (`.csv`/`.tsv` with a header, or `.jsonl`) with columns
-  `user, item, timestamp`: per-user chronological order (stable on ties), repeated (user, item)
-  pairs keep their first occurrence, k-core filtering to a fixpoint, then remapping of users and
-  items to 1..U / 1..N in sorted order of their raw ids (item 0 is padding).
+S3-Rec folders (`NAME.txt`: `user item item ...`, 1-based ids, chronological): ids are kept as in
+the file and must already be contiguous; no re-filtering. Interaction files of any other layout are
+read by `rodpo_dist.data.events`.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,79 +125,3 @@ def s3rec_paths(folder: str | Path, name: str) -> dict[str, Path]:
     folder = Path(folder)
     return {"sequences": folder / f"{name}.txt", "attributes": folder / f"{name}_item2attributes.json",
             "items": folder / f"{name}_items.tsv"}
-
-
-def _read_rows(path: Path) -> tuple[list[str], list[str], np.ndarray]:
-    """Raw (users, items, timestamps) of a `.csv`/`.tsv`/`.jsonl` interaction file."""
-    users: list[str] = []
-    items: list[str] = []
-    times: list[float] = []
-    suffix = path.suffix.lower()
-    with open(path, newline="") as f:
-        if suffix == ".jsonl":
-            rows = ((n, line) for n, line in enumerate(f, 1) if line.strip())
-            for lineno, line in rows:
-                try:
-                    rec = json.loads(line)
-                    users.append(str(rec["user"]))
-                    items.append(str(rec["item"]))
-                    times.append(float(rec["timestamp"]))
-                except (ValueError, KeyError, TypeError):
-                    raise DataError(path, f"malformed line {line.strip()[:80]!r}: expected a JSON object with "
-                                    "user, item and numeric timestamp", f"line {lineno}") from None
-        elif suffix in (".csv", ".tsv"):
-            reader = csv.reader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            header = [h.strip() for h in next(reader, [])]
-            if not {"user", "item", "timestamp"} <= set(header):
-                raise DataError(path, f"header must name columns user, item, timestamp; got {header!r}", "line 1")
-            cu, ci, ct = (header.index(c) for c in ("user", "item", "timestamp"))
-            for row in reader:
-                if not row:
-                    continue
-                try:
-                    users.append(row[cu].strip())
-                    items.append(row[ci].strip())
-                    times.append(float(row[ct]))
-                except (IndexError, ValueError):
-                    raise DataError(path, f"malformed line {','.join(row)[:80]!r}: expected user, item, numeric "
-                                    "timestamp", f"line {reader.line_num}") from None
-        else:
-            raise DataError(path, f"unsupported extension {suffix!r}; expected .csv, .tsv or .jsonl")
-    return users, items, np.asarray(times, dtype=np.float64)
-
-
-def _k_core(u: np.ndarray, i: np.ndarray, min_user: int, min_item: int) -> np.ndarray:
-    """Mask of the interactions kept by iterated k-core filtering (to a fixpoint)."""
-    keep = np.ones(len(u), dtype=bool)
-    while True:
-        user_ok = np.bincount(u[keep], minlength=u.max() + 1) >= min_user
-        item_ok = np.bincount(i[keep], minlength=i.max() + 1) >= min_item
-        new = keep & user_ok[u] & item_ok[i]
-        if new.sum() == keep.sum():
-            return keep
-        keep = new
-
-
-def read_interactions(path: str | Path, min_user_items: int, min_item_users: int) -> Interactions:
-    """Read a generic interaction file (see module docstring); users keep >= max(min_user_items, 3) items."""
-    path = Path(path)
-    users, items, times = _read_rows(path)
-    if not users:
-        raise DataError(path, "no interactions")
-    user_raw, u = np.unique(np.asarray(users), return_inverse=True)
-    item_raw, i = np.unique(np.asarray(items), return_inverse=True)
-    order = np.lexsort((times, u))  # stable: ties keep file order
-    u, i = u[order], i[order]
-    first = np.zeros(len(u), dtype=bool)
-    first[np.unique(u.astype(np.int64) * len(item_raw) + i, return_index=True)[1]] = True
-    u, i = u[first], i[first]
-    keep = _k_core(u, i, max(min_user_items, MIN_SEQ_LEN), min_item_users)
-    u, i = u[keep], i[keep]
-    if not len(u):
-        raise DataError(path, f"no interactions left after k-core filtering (min_user_items={min_user_items}, "
-                        f"min_item_users={min_item_users})")
-    kept_users, u_new = np.unique(u, return_inverse=True)
-    kept_items, i_new = np.unique(i, return_inverse=True)
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(u_new))]).astype(np.int64)
-    return Interactions(offsets, (i_new + 1).astype(np.int32), len(kept_items),
-                        user_ids=user_raw[kept_users].tolist(), item_ids=item_raw[kept_items].tolist())

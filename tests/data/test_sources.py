@@ -1,15 +1,11 @@
-"""S3-Rec and generic interaction readers: parsing, k-core, remapping and clear errors."""
+"""S3-Rec readers: parsing and clear errors."""
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import pytest
 
 from rodpo_dist.data.errors import DataError
-from rodpo_dist.data.sources import (read_interactions, read_s3rec_attributes, read_s3rec_items,
-                                     read_s3rec_sequences, s3rec_paths)
+from rodpo_dist.data.sources import read_s3rec_attributes, read_s3rec_items, read_s3rec_sequences, s3rec_paths
 
 
 def test_s3rec_reads_sequences_attributes_and_items(tmp_path, write_s3rec):
@@ -52,58 +48,3 @@ def test_s3rec_items_tsv_errors(tmp_path, write_s3rec):
     path.write_text("item_id\tasin\ttext\n1\tA\n")
     with pytest.raises(DataError, match=r"Tiny_items\.tsv, line 2: malformed line"):
         read_s3rec_items(path, 6)
-
-
-def _rows(n_users: int = 6, n_items: int = 5):
-    """Every user rates every item, in reverse time order, plus noise users and items."""
-    rows = [(f"u{u}", f"i{i}", 100 - i) for u in range(n_users) for i in range(n_items)]
-    rows += [("lonely", "i0", 1), ("lonely", "i1", 2)]  # 2 items: dropped (< 3)
-    rows += [(f"u{u}", "rare", 5) for u in range(2)]  # rated by 2 users: dropped by min_item_users=3
-    rows += [("u0", "i0", 50)]  # repeated (user, item): the first (earlier) occurrence wins
-    return rows
-
-
-@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
-def test_generic_kcore_and_remap(tmp_path, fmt):
-    path = tmp_path / f"inter.{fmt}"
-    rows = _rows()
-    if fmt == "jsonl":
-        path.write_text("\n".join(json.dumps({"user": u, "item": i, "timestamp": t}) for u, i, t in rows))
-    else:
-        sep = "," if fmt == "csv" else "\t"
-        path.write_text(f"timestamp{sep}user{sep}item\n" + "\n".join(f"{t}{sep}{u}{sep}{i}" for u, i, t in rows))
-    data = read_interactions(path, min_user_items=3, min_item_users=3)
-    assert data.user_ids == [f"u{u}" for u in range(6)]
-    assert data.item_ids == [f"i{i}" for i in range(5)]
-    assert (data.num_users, data.num_items) == (6, 5)
-    # chronological (i4 at time 96 ... i0 at 100); u0 also had i0 at time 50: the earliest occurrence is kept
-    assert data.sequence(2).tolist() == [5, 4, 3, 2, 1]
-    assert data.sequence(1).tolist() == [1, 5, 4, 3, 2]
-    assert np.all(data.lengths == 5)
-
-
-def test_generic_kcore_iterates_to_fixpoint(tmp_path):
-    # item "b" has 3 users, but one of them ("x") drops (2 items), which then drops "b" (2 users left)
-    rows = [(u, i, 0) for u in ("p", "q", "r") for i in ("a", "c", "d")] + [("p", "b", 1), ("q", "b", 1)]
-    rows += [("x", "b", 0), ("x", "a", 1)]
-    path = tmp_path / "inter.csv"
-    path.write_text("user,item,timestamp\n" + "\n".join(f"{u},{i},{t}" for u, i, t in rows))
-    data = read_interactions(path, min_user_items=3, min_item_users=3)
-    assert data.item_ids == ["a", "c", "d"] and data.user_ids == ["p", "q", "r"]
-
-
-def test_generic_errors(tmp_path):
-    path = tmp_path / "bad.csv"
-    path.write_text("user,item,timestamp\nu1,i1,5\nu1,i2,yesterday\n")
-    with pytest.raises(DataError, match=r"bad\.csv, line 3: malformed line 'u1,i2,yesterday'"):
-        read_interactions(path, 1, 1)
-    path.write_text("user,item\nu1,i1\n")
-    with pytest.raises(DataError, match=r"bad\.csv, line 1: header must name columns user, item, timestamp"):
-        read_interactions(path, 1, 1)
-    path = tmp_path / "bad.jsonl"
-    path.write_text('{"user": 1, "item": 2, "timestamp": 3}\n{"user": 1, "item": 3}\n')
-    with pytest.raises(DataError, match=r"bad\.jsonl, line 2: malformed line"):
-        read_interactions(path, 1, 1)
-    path.write_text('{"user": 1, "item": 2, "timestamp": 3}\n')
-    with pytest.raises(DataError, match=r"bad\.jsonl: no interactions left after k-core"):
-        read_interactions(path, 1, 1)
