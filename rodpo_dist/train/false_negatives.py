@@ -50,8 +50,9 @@ class FalseNegativeCounter:
         """{"false_negative_rate": overall, "false_negative_rate/<bin>": per bin used} of `counts`."""
         total = counts.sum(0)
         out = {"false_negative_rate": float(total[1] / total[0]) if total[0] else float("nan")}
-        for name, (n, hits) in zip([*bin_names(k), "random"], counts.tolist()):
-            if n:
+        names = [*bin_names(k), *[None] * (len(RANK_BINS) - len(bin_names(k))), "random"]  # a row per bin
+        for name, (n, hits) in zip(names, counts.tolist()):
+            if n and name is not None:
                 out[f"false_negative_rate/{name}"] = hits / n
         return out
 

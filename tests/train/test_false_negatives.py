@@ -42,6 +42,17 @@ def test_counter_counts_every_negative_by_the_bin_it_came_from():
     assert "false_negative_rate/6-20" not in rates
 
 
+def test_random_negatives_keep_their_bin_whatever_the_pool_size():
+    """With a pool shorter than the last rank bin (k = 20: no 21-k bin), negatives not drawn from a pool are
+    still reported as `random`, not under another bin's name."""
+    truth = _truth({1: {2, 3}})
+    counter = FalseNegativeCounter()
+    counter.add(truth, np.array([1]), np.array([[2, 4, 5, 6]]), np.full((1, 4), -1))
+    for k in (5, 20, 50):
+        assert FalseNegativeCounter.rates(counter.counts, k=k) == {"false_negative_rate": 0.25,
+                                                                   "false_negative_rate/random": 0.25}
+
+
 def test_pool_rates_by_rank():
     truth = _truth({1: {2, 3}, 2: {5}})
     ids = torch.tensor([[2, 4, 3, -1, -1, -1], [6, 5, 1, 7, 8, -1]], dtype=torch.int32)
