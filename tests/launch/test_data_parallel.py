@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from runs import REPO, TINY, ZERO, accelerate, deepspeed, prepare_tiny, torchrun, train, train_losses
+from runs import REPO, TINY, ZERO, accelerate, deepspeed, prepare_tiny, records, torchrun, train, train_losses
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -46,6 +46,11 @@ def test_two_ranks_equal_one_rank_with_the_same_global_batch(case, data_dir, one
     launcher, extra, env = CASES[case]
     train(launcher(), tmp_path / "two", data_dir, *extra, env=env)
     torch.testing.assert_close(train_losses(tmp_path / "two"), train_losses(one_rank), rtol=0, atol=1e-4)
+    # the pre-clip gradient norm of every step: clipping and Adam hide a constant factor (ranks' gradients
+    # summed instead of averaged) from the losses and weights, not from this
+    norms = [r["grad_norm"] for r in records(one_rank, "train")]
+    assert min(norms) > 1.0  # clipped at 1.0: the weights could not tell
+    torch.testing.assert_close([r["grad_norm"] for r in records(tmp_path / "two", "train")], norms, rtol=1e-4, atol=0)
     one = load_file(str(one_rank / "pretrain" / "best" / "model.safetensors"))
     two = load_file(str(tmp_path / "two" / "pretrain" / "best" / "model.safetensors"))
     assert one.keys() == two.keys()
