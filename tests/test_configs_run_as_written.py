@@ -3,6 +3,8 @@ root, with tiny overrides appended (a small synthetic catalog or a tiny S3-Rec f
 
 from __future__ import annotations
 
+import itertools
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -21,17 +23,44 @@ SYNTHETIC = ["data.synthetic.num_items=120", "data.synthetic.num_users=80", "dat
              "data.synthetic.max_seq_len=10"]
 
 
+COMMAND = re.compile(r"^#\s*(?:[A-Z][\w ]*:\s+)?(rodpo\s.*)$")
+"""A command line of the leading comment block: `# rodpo ...`, or after a label (`# Run: rodpo ...`, `# Stages
+alone: rodpo ...`), continued lines indented (`#               rodpo pretrain ...`)."""
+
+
+def header(config: Path) -> list[str]:
+    """The leading comment block of a config."""
+    return list(itertools.takewhile(lambda line: line.startswith("#"), config.read_text().splitlines()))
+
+
 def commands(config: Path) -> list[list[str]]:
-    """The `rodpo ...` commands of the config's leading comment block."""
-    out = []
-    for line in config.read_text().splitlines():
-        if not line.startswith("#"):
-            break
-        text = line.lstrip("# ").split(":", 1)[1] if line.lstrip("# ").split(" ")[0].endswith(":") else line.lstrip("# ")
-        text = text.strip()
-        if text.startswith("rodpo "):
-            out.append(shlex.split(text)[1:])
-    return out
+    """Every `rodpo ...` command of the config's leading comment block, in order."""
+    return [shlex.split(m.group(1))[1:] for m in map(COMMAND.match, header(config)) if m]
+
+
+def test_every_config_opens_with_the_command_that_runs_it():
+    for path in CONFIGS:
+        assert path.read_text().startswith("# Run: rodpo "), path
+        assert commands(path), path
+
+
+def test_every_command_line_of_every_config_is_parsed():
+    """No line of the comment block that names a `rodpo` command is left out (a label such as `Stages
+    alone:` included), and every parsed command is one the CLI accepts."""
+    from rodpo_dist.cli import build_parser
+
+    parser = build_parser()
+    for path in CONFIGS:
+        named = [line for line in header(path) if re.search(r"(^|[\s:])rodpo\s+[a-z]", line.lstrip("#"))]
+        found = commands(path)
+        assert len(found) == len(named), f"{path.name}: {named}"
+        for argv in found:
+            try:
+                parser.parse_known_args(argv)
+            except SystemExit:
+                pytest.fail(f"{path.name}: the CLI refuses `rodpo {' '.join(argv)}`")
+    demo = [" ".join(argv[:2]) for argv in commands(REPO / "configs" / "demo.yaml")]
+    assert demo == ["demo --config", "data prepare", "pretrain --config", "align --config"]
 
 
 def tiny_s3rec(folder: Path, name: str) -> None:
@@ -48,12 +77,6 @@ def tiny_s3rec(folder: Path, name: str) -> None:
     (folder / f"{name}_item2attributes.json").write_text(json.dumps({str(i): [i % 5, 5 + i % 3] for i in range(1, 41)}))
     (folder / f"{name}_items.tsv").write_text("item_id\tasin\ttext\n" + "".join(
         f"{i}\tA{i}\tproduct number {i} of brand {i % 4}\n" for i in range(1, 41)))
-
-
-def test_every_config_opens_with_the_command_that_runs_it():
-    for path in CONFIGS:
-        assert path.read_text().startswith("# Run: rodpo "), path
-        assert commands(path), path
 
 
 @pytest.mark.slow
