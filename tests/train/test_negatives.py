@@ -67,10 +67,29 @@ def test_rodpo_softmax_follows_the_tempered_scores():
     assert torch.allclose(observed, expected.double(), atol=0.015)
 
 
-def test_sdpo_draws_like_rodpo_and_is_redrawn_each_call():
+@pytest.mark.parametrize("sampling, window_start", [("uniform", 0), ("softmax", 0), ("window", 2)])
+def test_sdpo_draws_exactly_as_rodpo_does(sampling, window_start):
+    """S-DPO's negatives are RoDPO's (module docstring): the same draws from the same generator state, for
+    every sampling rule; only the loss differs."""
+    n = 300
+    rows = dict(pool_ids=POOL_IDS.repeat(n, 1), pool_scores=POOL_SCORES.repeat(n, 1), exclude=EXCLUDE.repeat(n, 1),
+                m=2, sampling=sampling, window_start=window_start, seed=4)
+    (s_ids, s_ranks), (r_ids, r_ranks) = _draw("sdpo", **rows), _draw("rodpo", **rows)
+    assert torch.equal(s_ids, r_ids) and torch.equal(s_ranks, r_ranks)
+    assert torch.equal(POOL_IDS.repeat(n, 1).gather(1, s_ranks), s_ids)
+
+
+def test_sdpo_is_uniform_over_the_pool_and_redrawn_each_call():
+    """Not the deterministic top of the pool: single draws over row 0's 4 valid members are uniform
+    (chi-square, p = 0.001), and another generator state gives other draws."""
+    ids = POOL_IDS[:1].repeat(4000, 1)
+    neg, ranks = _draw("sdpo", pool_ids=ids, pool_scores=POOL_SCORES[:1].repeat(4000, 1), exclude=EXCLUDE[:1], seed=1)
+    counts = torch.stack([(neg == i).sum() for i in (5, 9, 2, 7)]).double()
+    assert ((counts - 1000.0) ** 2 / 1000.0).sum().item() < 16.27
+    assert set(ranks.flatten().tolist()) == {0, 1, 2, 3}
     a, b = _select("sdpo", m=2, seed=0), _select("sdpo", m=2, seed=0)
-    assert torch.equal(a, b)
-    draws = {tuple(_select("rodpo", m=1, seed=s)[1].tolist()) for s in range(20)}
+    assert torch.equal(a, b)  # a draw follows the generator
+    draws = {tuple(_select("sdpo", m=1, seed=s)[:, 0].tolist()) for s in range(20)}
     assert len(draws) > 1
 
 
