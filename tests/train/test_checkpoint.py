@@ -81,3 +81,30 @@ def test_next_save_clears_what_a_killed_save_left(tmp_path):
     (tmp_path / ".ckpt-00000009.tmp-999").mkdir(parents=True)
     save_checkpoint(tmp_path, TrainState(step=10), _model(0), {})
     assert not list(tmp_path.glob(".*.tmp*"))
+
+
+class _Touch:
+    """Unpickling this object calls `Path.touch(marker)`: what any code in a pickle could do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return Path.touch, (Path(self.marker),)
+
+
+@pytest.mark.parametrize("file", ["trainer.pt", "rank0.pt"])
+def test_loading_never_unpickles_arbitrary_objects(tmp_path, file):
+    """A checkpoint whose .pt file holds an object with code behind it is refused, and the code never runs."""
+    import pickle
+
+    path = save_checkpoint(tmp_path / "run", TrainState(step=1), _model(0), {"optimizer": {}})
+    marker = tmp_path / "code-ran"
+    torch.save({"rng": {}, "optimizer": _Touch(marker)}, path / file)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        load_checkpoint(path, _model(1))
+    assert not marker.exists()
+    torch.load(path / file, weights_only=False)  # the payload is real: a plain unpickle runs it
+    assert marker.exists()
