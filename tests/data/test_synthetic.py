@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from rodpo_dist.config import SyntheticConfig
 from rodpo_dist.data.loader import load_split
@@ -41,12 +42,33 @@ def test_ground_truth_relevance_and_exposure(small_dir):
     assert abs(relevant.mean() - cfg.relevant_share) < 0.02
     assert abs(truth.is_exposed(users, items).mean() - cfg.exposure) < 0.03
     assert truth.relevant_unexposed_rate(users, items) > 0.5 * cfg.relevant_share * (1 - cfg.exposure)
-    assert truth.false_negative_rate(users, items) == relevant.mean()
     assert not truth.is_relevant(users, np.zeros((500, 3), dtype=np.int64)).any()  # padding
     # every consumed item was exposed to its user
     test = load_split(small_dir, "test")
     assert truth.is_exposed(test.users, test.targets).all()
     assert all(truth.is_exposed(np.full(len(s), u), s).all() for u, s in zip(test.users, test.sequences))
+
+
+def test_false_negative_rate_is_the_share_of_negatives_the_user_likes_by_definition(small_dir):
+    """Relevant = true utility (UTIL_SCALE x user . item factors + item bias) at or above the user's
+    threshold, computed here pair by pair; padding (0) is never relevant."""
+    from rodpo_dist.data.synthetic import UTIL_SCALE
+
+    truth = GroundTruth.load(small_dir)
+    rng = np.random.default_rng(3)
+    users, items = rng.integers(1, 151, size=60), rng.integers(0, 201, size=(60, 8))
+    by_hand = np.array([[i > 0 and UTIL_SCALE * float(truth.user_factors[u].astype(np.float64)
+                                                      @ truth.item_factors[i].astype(np.float64))
+                         + float(truth.item_bias[i]) >= float(truth.thresholds[u]) for i in row]
+                        for u, row in zip(users, items)])
+    assert 0 < by_hand.sum() < by_hand.size and (items == 0).any()  # both outcomes and padding occur
+    np.testing.assert_array_equal(truth.is_relevant(users, items), by_hand)
+    assert truth.false_negative_rate(users, items) == pytest.approx(by_hand.mean(), abs=1e-12)
+    # a hand-made truth: user 1 likes items 2 and 3, user 2 likes item 5 (one-hot factors, threshold 0.5)
+    factors = np.eye(6)
+    made = GroundTruth(np.array([np.zeros(6), factors[2] + factors[3], factors[5]]) / UTIL_SCALE, factors,
+                       np.zeros(6), np.full(3, 0.5), 1.0, 0)
+    assert made.false_negative_rate(np.array([1, 2]), np.array([[2, 4, 0], [5, 5, 3]])) == pytest.approx(3 / 6)
 
 
 def _ndcg10(scores: np.ndarray, history: list[np.ndarray], targets: np.ndarray) -> float:
