@@ -1,5 +1,7 @@
 """The `rodpo` command end to end on a tiny synthetic catalog (the README's stage commands)."""
 
+from pathlib import Path
+
 from rodpo_dist.cli import main
 
 TINY = ["data.synthetic.num_items=150", "data.synthetic.num_users=100", "data.synthetic.num_clusters=6",
@@ -58,6 +60,21 @@ def test_sweep_records_every_point_on_validation_only(tmp_path, capsys):
         ("ce", []), ("rodpo", []), ("ce", ["align.beta=0.5"]), ("rodpo", ["align.beta=0.5"])]
     assert all("test" not in e and "ndcg@5" in e["valid"] and "ndcg@5" in e["valid_last"] for e in entries)
     assert len({e["run_dir"] for e in entries}) == 4 and "| rodpo | align.beta=0.5 |" in (out / "sweep.md").read_text()
-    # running it again finds every run (same settings, same folders) and adds nothing
+    # running it again finds every run (same settings, same folders) and adds nothing: no step is trained
+    # again, no checkpoint rewritten, and the entries are the same
+    runs = [Path(e["run_dir"]) for e in entries] + list(Path(entries[0]["run_dir"]).parent.glob("backbone-*"))
+    assert len(runs) == 5
+
+    def trained(folder):
+        """The training and validation records (with their times), and the checkpoint files with theirs."""
+        lines = [r for r in (folder / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(r)["kind"] in ("train", "valid", "pool")]
+        return lines, {p: p.stat().st_mtime_ns for p in folder.glob("*/*.safetensors")}
+
+    before = {run: trained(run) for run in runs}
+    assert all(lines and files for lines, files in before.values())
     assert main(["sweep", *common, "--grid", "align.beta=0.5", "--methods", "ce", "rodpo", "--out", str(out)]) == 0
-    assert len(json.loads((out / "sweep.json").read_text())) == 4
+    again = json.loads((out / "sweep.json").read_text())
+    assert [{k: v for k, v in e.items() if k != "command"} for e in again] == [
+        {k: v for k, v in e.items() if k != "command"} for e in entries]
+    assert {run: trained(run) for run in runs} == before

@@ -60,3 +60,21 @@ def test_skip_unknown_warns_and_skips(demo_run, tmp_path, capsys):
     assert code == 0
     assert f"warning: {tmp_path / 'requests.jsonl'}:1: unknown item id 'B00XYZ' skipped\n" in capsys.readouterr().err
     assert out[0]["items"] == Recommender.from_checkpoint(demo_run.checkpoint).recommend([[5, 6]], 10)[0].items
+
+
+def test_requests_stream_in_chunks_in_input_order(demo_run, tmp_path, monkeypatch):
+    """A file longer than one chunk (4,096 lines in use, 4 here), blank lines between: every request gets its
+    own top K, in input order, as when all histories are scored at once."""
+    import numpy as np
+
+    from rodpo_dist.serve import jsonl
+
+    monkeypatch.setattr(jsonl, "CHUNK", 4)
+    rng = np.random.default_rng(2)
+    histories = [rng.choice(np.arange(1, 151), size=rng.integers(1, 12), replace=False).tolist() for _ in range(11)]
+    lines = [json.dumps({"user": f"u{i}", "history": h}) for i, h in enumerate(histories)]
+    code, out = _recommend(demo_run, tmp_path, [*lines[:4], "", *lines[4:9], "", "", *lines[9:]], "--k", "5")
+    assert code == 0 and [r["user"] for r in out] == [f"u{i}" for i in range(11)]
+    expected = Recommender.from_checkpoint(demo_run.checkpoint).recommend(histories, 5)
+    assert [r["items"] for r in out] == [e.items for e in expected]
+    assert len({tuple(r["items"]) for r in out}) > 1  # the histories get different lists
