@@ -51,12 +51,28 @@ def test_bucketed_stream_covers_every_sample_once_over_two_ranks_and_two_workers
     assert sorted(seen) == list(range(1, 151)) and set(seen.values()) == {1}
 
 
-def test_bucketed_stream_pads_less_and_resumes_exactly(small_dir):
+def test_bucketed_stream_pads_less_and_resumes_from_a_saved_position(small_dir, tmp_path):
+    import random
+    from itertools import islice
+
+    from rodpo_dist.train.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
+
     bucketed, plain = list(_stream(small_dir, window=8)), list(_stream(small_dir, window=1))
     assert padding_share(map(_lengths, bucketed)) < padding_share(map(_lengths, plain))
-    # a resumed epoch skips the batches already trained on and sees exactly the rest, in order
-    resumed = list(_stream(small_dir, window=8))[5:]
-    assert all(torch.equal(a["seq"], b["seq"]) for a, b in zip(resumed, bucketed[5:]))
+    # a run stops after 5 batches of epoch 1 (2 loader workers), having moved every global RNG, and checkpoints
+    whole = list(_stream(small_dir, window=8, workers=2))
+    stream = iter(_stream(small_dir, window=8, workers=2))
+    taken = [next(stream) for _ in range(5)]
+    torch.manual_seed(11), np.random.seed(11), random.seed(11)
+    save_checkpoint(tmp_path, TrainState(step=5, epoch=1, batch_in_epoch=len(taken)), torch.nn.Linear(2, 2), {})
+    # the resumed process starts from other RNG states, loads the checkpoint (its RNG states) and skips its position
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    state, _, _ = load_checkpoint(resolve_resume(tmp_path, "auto"), torch.nn.Linear(2, 2))
+    resumed = list(islice(_stream(small_dir, window=8, workers=2, epoch=state.epoch), state.batch_in_epoch, None))
+    # the epoch reads as one: the batches before the stop, then exactly the rest, in order
+    assert len(taken) + len(resumed) == len(whole) and state.batch_in_epoch == 5
+    for a, b in zip([*taken, *resumed], whole):
+        assert torch.equal(a["seq"], b["seq"]) and torch.equal(a["user"], b["user"])
     assert [b["user"].tolist() for b in _stream(small_dir, window=8, epoch=2)] != [b["user"].tolist() for b in bucketed]
 
 
