@@ -39,17 +39,22 @@ def _cmd_verify(args: argparse.Namespace) -> None:
     print(f"{args.dir}: every shard and file matches its sha256 in the manifest ({manifest.name})")
 
 
-def _cmd_pretrain(args: argparse.Namespace) -> None:
+def _run_stage(cfg: Config, args: argparse.Namespace) -> None:
+    """Prepare `data.prepared_dir` when it holds no dataset yet, then train the stage."""
+    from rodpo_dist.data.prepare import ensure_prepared
     from rodpo_dist.train.recipe import run_stage
 
-    run_stage(_config(args, "stage=pretrain"), resume=args.resume, overwrite=args.overwrite)
+    ensure_prepared(cfg)
+    run_stage(cfg, resume=args.resume, overwrite=args.overwrite)
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> None:
+    _run_stage(_config(args, "stage=pretrain"), args)
 
 
 def _cmd_align(args: argparse.Namespace) -> None:
-    from rodpo_dist.train.recipe import run_stage
-
     extra = [f"init={args.init}"] if args.init else []
-    run_stage(_config(args, "stage=align", *extra), resume=args.resume, overwrite=args.overwrite)
+    _run_stage(_config(args, "stage=align", *extra), args)
 
 
 def _checkpoint_config(args: argparse.Namespace) -> Config:

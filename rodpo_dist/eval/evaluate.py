@@ -53,13 +53,13 @@ def markdown_table(rows: dict[str, dict[str, float]], columns: list[str]) -> str
     return "\n".join(lines)
 
 
-def write_report(path: str | Path, results: dict[str, dict[str, float]], ks: list[int]) -> None:
-    """`<path>.json` with every number and `<path>.md` with the table."""
+def write_report(path: str | Path, results: dict[str, dict[str, float]], ks: list[int], note: str = "") -> None:
+    """`<path>.json` with every number and `<path>.md` with the table (and `note` below it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(json.dumps(results, indent=1))
     columns = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg", "mrr")]
-    path.with_suffix(".md").write_text(markdown_table(results, columns) + "\n")
+    path.with_suffix(".md").write_text(markdown_table(results, columns) + "\n" + (f"\n{note}\n" if note else ""))
 
 
 def save_ranks(path: str | Path, ranks: dict[str, tuple[np.ndarray, torch.Tensor]]) -> None:

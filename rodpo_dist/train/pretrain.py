@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ import torch
 from rodpo_dist.config import Config
 from rodpo_dist.data import load_split, sequence_loader
 from rodpo_dist.train.checkpoint import TrainState
-from rodpo_dist.train.losses import next_item_loss
+from rodpo_dist.train.losses import next_item_loss, sampling_distribution
 from rodpo_dist.train.recipe import Recipe
 
 FILLER = torch.tensor([[1, 1]])  # a one-target sequence for a pass without data on this rank
@@ -50,7 +51,12 @@ class Pretraining(Recipe):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg, cfg.pretrain)
-        lengths = np.array([len(s) for s in load_split(self.data.dir, "train").sequences])
+        train = load_split(self.data.dir, "train").sequences
+        lengths = np.array([len(s) for s in train])
+        counts = np.bincount(np.concatenate(train), minlength=self.data.manifest.num_items + 1) if train else None
+        p = cfg.pretrain
+        self.q = (sampling_distribution(torch.from_numpy(counts), p.sampling, p.popularity_power)
+                  if p.loss == "sampled" and counts is not None else None)
         steps = loader_steps(len(lengths), self.rt.world_size, cfg.data.num_workers,
                              cfg.pretrain.batch_size * cfg.pretrain.grad_accum)
         targets = int((np.minimum(lengths, cfg.model.max_len + 1) - 1).clip(min=0).sum())  # what collate keeps
@@ -72,13 +78,13 @@ class Pretraining(Recipe):
 
     def micro_step(self, batch: torch.Tensor, scale: float, micro_batches: int) -> dict[str, float]:
         with self.autocast:
-            ce_sum, aux = next_item_loss(self.engine.trainee, batch.to(self.rt.device), self.cfg)
+            ce_sum, aux = next_item_loss(self.engine.trainee, batch.to(self.rt.device), self.cfg, self.q)
         self.engine.backward(ce_sum * scale + self.cfg.moe.aux_weight * aux / micro_batches)
         return {"loss": float(ce_sum.detach()), "aux": float(aux.detach()) * self.units(batch)}
 
     def filler_step(self) -> None:
         with self.autocast:
-            ce_sum, aux = next_item_loss(self.engine.trainee, FILLER.to(self.rt.device), self.cfg)
+            ce_sum, aux = next_item_loss(self.engine.trainee, FILLER.to(self.rt.device), self.cfg, self.q)
         self.engine.backward((ce_sum + aux) * 0.0)
 
     def validate_after_epoch(self, state: TrainState) -> bool:
@@ -91,6 +97,17 @@ class Pretraining(Recipe):
         improved = super().track(state)
         state.bad_evals = 0 if improved else state.bad_evals + 1
         return improved
+
+    def final_metrics(self, state: TrainState) -> dict[str, Any]:
+        """Whether the run stopped early (patience) or hit the epoch cap, in words for the report."""
+        p, metric = self.cfg.pretrain, self.cfg.eval.metric
+        if not self.keep_going(state):
+            return {"stopped": "early", "epochs": state.epoch, "stop_reason":
+                    f"Stopped early after epoch {state.epoch} of at most {p.epochs}: {p.patience} validations "
+                    f"without a better {metric}."}
+        return {"stopped": "cap", "epochs": state.epoch, "stop_reason":
+                f"Hit the cap of {p.epochs} epochs: validation {metric} still improved within the last "
+                f"{p.patience} validations; more epochs (pretrain.epochs) may help."}
 
 
 def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, preemption=None):

@@ -30,16 +30,17 @@ def track_best(state: TrainState, metrics: dict[str, float], metric: str, log: R
 
 
 def evaluate_splits(model: SASRec, data: PreparedDataset, cfg: Config, rt: Runtime,
-                    splits: tuple[str, ...] = ("valid", "test"), ranks_to: Path | None = None
-                    ) -> dict[str, dict[str, float]]:
-    """Full-ranking metrics of `model` on each split (one item table for all; collective over ranks).
+                    splits: tuple[str, ...] = ("valid", "test"), ranks_to: Path | None = None,
+                    users: int = 0) -> dict[str, dict[str, float]]:
+    """Full-ranking metrics of `model` on each split (one item table for all; collective over ranks),
+    over every user or a fixed sample of `users` (`Contexts.sample`).
 
     With `ranks_to`, rank 0 also saves every user's target rank per split there (`eval.save_ranks`).
     """
     table = model.item_encoder.item_table(cfg.eval.item_chunk)
     results, ranks = {}, {}
     for split in splits:
-        contexts = getattr(data, split)
+        contexts = getattr(data, split).sample(users)
         results[split], r = evaluate(model, table, contexts, ks=cfg.eval.ks, max_len=cfg.model.max_len,
                                      batch_size=cfg.eval.batch_size, rt=rt)
         ranks[split] = (contexts.users, r)
@@ -52,7 +53,7 @@ def report_best(model: SASRec, run_dir: Path, data: PreparedDataset, cfg: Config
                 step: int, label: str, extra: dict[str, Any] | None = None,
                 last: bool = False) -> dict[str, dict[str, float]]:
     """Load `best`, evaluate it on valid and test (ranks saved; with a ground truth also `liked_ndcg@k`
-    on test), log and write `report.{json,md}`. With `last`, the weights the run ended with are
+    on test), log and write `report.{json,md}` (`extra["stop_reason"]`, if any, below the table). With `last`, the weights the run ended with are
     evaluated first too (`valid_last`, `test_last`: what the run did, whatever the selection kept)."""
     splits = ("valid", "test") if cfg.eval.report_test else ("valid",)
     ended = evaluate_splits(model, data, cfg, rt, splits) if last else {}
@@ -67,7 +68,8 @@ def report_best(model: SASRec, run_dir: Path, data: PreparedDataset, cfg: Config
     results |= {f"{split}_last": metrics for split, metrics in ended.items()}
     if rt.is_main:
         log.log(step, {f"{s}/{k}": v for s, m in results.items() for k, v in m.items()} | (extra or {}), kind="final")
-        write_report(run_dir / "report", {f"{label} ({s})": m for s, m in results.items()}, cfg.eval.ks)
+        write_report(run_dir / "report", {f"{label} ({s})": m for s, m in results.items()}, cfg.eval.ks,
+                     note=(extra or {}).get("stop_reason", ""))
     log.close()
     return results
 
