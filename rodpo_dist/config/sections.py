@@ -30,6 +30,11 @@ class SyntheticConfig:
     drift: float = 0.3
     """Weight of the last consumed item on the next choice (sequential dynamics)."""
     temperature: float = 0.5
+    popularity: Literal["normal", "zipf"] = "normal"
+    """Item popularity: `normal` = a mild N(0, 0.5) utility bias per item; `zipf` also draws the items a
+    user is shown from each cluster with probability ~ rank ** -zipf_exponent (a heavy head and a
+    long tail, as in real catalogs; `rodpo data stats` reports the top 1% share of interactions)."""
+    zipf_exponent: float = 1.0
     seed: int = 0
 
 
@@ -123,6 +128,11 @@ class ModelConfig:
     length_groups: int = 4
     """Run each batch as this many groups of similar length, each padded only to its own longest
     sequence (same states as one padded pass, far less padding); 1 = one padded pass."""
+    sparse_item_table: bool = False
+    """Sparse item ID table: its gradient holds only the rows a step used, and the optimizer (lazy
+    AdamW) updates only those, so a step's cost and the gradient exchanged between ranks follow the
+    rows used, not the catalog. For catalogs of millions of items with `pretrain.loss: sampled`
+    (the full softmax touches every row anyway). Engines: plain and accelerate."""
 
 
 @dataclass
@@ -173,6 +183,12 @@ class PretrainConfig(StageConfig):
     """Items per chunk of the full-softmax cross-entropy (memory O(tokens x item_chunk); 2048 keeps a
     chunk's scores in cache: 1.7x faster than 8192 on Beauty, benchmarks/RESULTS_train.md)."""
     num_sampled: int = 1024
+    """Negatives per step of the sampled softmax, shared by the batch (logQ-corrected)."""
+    sampling: Literal["uniform", "popularity"] = "uniform"
+    """Proposal q of the sampled softmax: uniform over the catalog, or training-set popularity
+    `count ** popularity_power` (heavy-tailed catalogs: popular items are the informative negatives);
+    the logQ correction keeps either an estimate of the full softmax."""
+    popularity_power: float = 0.75
     patience: int = 5
     """Stop after this many validations without improvement of `eval.metric`."""
     eval_every_epochs: int = 1
@@ -185,6 +201,11 @@ class PoolConfig:
     source: Literal["policy", "reference"] = "policy"
     refresh_steps: int = 100
     refresh_each_epoch: bool = True
+    scope: Literal["all", "upcoming"] = "all"
+    """Which contexts a refresh scores: `all` (every training context, each refresh), or `upcoming`
+    (just in time: only the contexts of the global batches of the next `refresh_steps` steps of the
+    epoch, the only rows read before the next refresh; then every epoch starts with a refresh). Same
+    rows for the same weights; the cost follows the contexts trained, not contexts x refreshes."""
 
 
 @dataclass
@@ -231,6 +252,9 @@ class EvalConfig:
     """Validation metric for early stopping and checkpoint selection; its K must be in `ks`."""
     report_test: bool = True
     """Evaluate the selected checkpoint on test at the end; false keeps a tuning run on validation only."""
+    valid_users: int = 0
+    """Validation during training (checkpoint selection, early stopping) on a fixed random sample of this
+    many users (0: every user); the final report still ranks every validation and test user."""
 
 
 @dataclass

@@ -66,6 +66,7 @@ def _ranges(cfg: Config, problems: list[str]) -> None:
                     "moe.min_capacity": cfg.moe.min_capacity, "align.window_start": cfg.align.window_start,
                     "align.eval_every_steps": cfg.align.eval_every_steps, "data.num_workers": cfg.data.num_workers,
                     "align.reference_update_every": cfg.align.reference_update_every,
+                    "eval.valid_users": cfg.eval.valid_users, "pretrain.popularity_power": cfg.pretrain.popularity_power,
                     **{f"{s}.{f}": getattr(stage, f) for s, stage in stages.items()
                        for f in ("weight_decay", "grad_clip", "warmup_steps")}}
     for name, value in non_negative.items():
@@ -88,6 +89,7 @@ def _synthetic(cfg: Config, problems: list[str]) -> None:
     _need(problems, syn.temperature > 0, f"data.synthetic.temperature: must be > 0, got {syn.temperature}")
     _need(problems, 0.0 <= syn.drift <= 1.0, f"data.synthetic.drift: must be in [0, 1], got {syn.drift}")
     _need(problems, syn.feature_noise >= 0, f"data.synthetic.feature_noise: must be >= 0, got {syn.feature_noise}")
+    _need(problems, syn.zipf_exponent > 0, f"data.synthetic.zipf_exponent: must be > 0, got {syn.zipf_exponent}")
 
 
 def _model(cfg: Config, problems: list[str]) -> None:
@@ -97,6 +99,10 @@ def _model(cfg: Config, problems: list[str]) -> None:
               f"model.hidden ({cfg.model.hidden}) must be divisible by model.heads ({cfg.model.heads})")
     _need(problems, cfg.model.use_id_embedding or bool(cfg.data.modalities),
           "model.use_id_embedding=false needs at least one entry in data.modalities (an item must be encoded somehow)")
+    if cfg.model.sparse_item_table:
+        _need(problems, cfg.model.use_id_embedding, "model.sparse_item_table needs model.use_id_embedding (the table)")
+        _need(problems, cfg.runtime.engine != "deepspeed",
+              "model.sparse_item_table: runtime.engine=deepspeed reduces dense gradients only; use plain or accelerate")
     if not moe.enabled:
         return
     _need(problems, moe.top_k in (1, 2), f"moe.top_k: must be 1 or 2, got {moe.top_k}")

@@ -65,6 +65,13 @@ class Contexts:
     def __len__(self) -> int:
         return len(self.users)
 
+    def sample(self, n: int, seed: int = 0) -> Contexts:
+        """A fixed random subset of `n` contexts (all when `n` is 0 or at least their number), in order."""
+        if not n or n >= len(self):
+            return self
+        keep = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))
+        return Contexts(self.users[keep], [self.histories[i] for i in keep], self.targets[keep])
+
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(h) for h in self.histories), dtype=np.int64, count=len(self.histories))
 

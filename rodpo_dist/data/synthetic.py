@@ -12,6 +12,8 @@ the output does not depend on shard sizes and memory stays flat at 1M items):
   `utility(u, i) = UTIL_SCALE * p_u . v_i + b_i`; item `i` is relevant to `u` when its utility is at
   least `u`'s threshold, the `relevant_share` quantile of `u`'s utilities over the catalog (over a
   fixed sample of `REFERENCE_ITEMS` items for larger catalogs).
+- Popularity (`popularity: zipf`): the items shown from a cluster are drawn by a power law over
+  their rank in the cluster, so a few items take a large share of the interactions.
 - Exposure bias: user `u` only ever sees item `i` when `hash(seed, u, i) < exposure`, a pseudo-random
   pair property with no structure a model could learn, so relevant-but-unexposed items exist and
   look exactly like relevant exposed ones.
@@ -206,8 +208,7 @@ class SyntheticCatalog:
                 rng: np.random.Generator) -> np.ndarray:
         """One item per row from `CANDIDATES` exposed, unseen items of its cluster (0 where none qualify)."""
         cfg = self.cfg
-        pos = self.cluster_starts[clusters][:, None] + (rng.random((len(users), CANDIDATES))
-                                                         * self.cluster_sizes[clusters][:, None]).astype(np.int64)
+        pos = self.cluster_starts[clusters][:, None] + self._ranks(self.cluster_sizes[clusters], rng)
         cand = self.cluster_items[pos]
         ok = self.truth.is_exposed(users, cand)
         for j in range(t):
@@ -222,6 +223,17 @@ class SyntheticCatalog:
         score = np.where(ok, score / cfg.temperature + gumbel, -np.inf)
         best = score.argmax(axis=1)
         return np.where(ok.any(axis=1), cand[np.arange(len(cand)), best], 0).astype(np.int32)
+
+    def _ranks(self, sizes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """`CANDIDATES` positions per row within clusters of `sizes`: uniform, or (`popularity: zipf`)
+        rank r = floor(x) - 1 of a continuous power law x ~ x ** -s on [1, size + 1)."""
+        u = rng.random((len(sizes), CANDIDATES))
+        size = sizes[:, None].astype(np.float64)
+        if self.cfg.popularity == "normal":
+            return (u * size).astype(np.int64)
+        s = self.cfg.zipf_exponent
+        x = (size + 1) ** u if abs(s - 1) < 1e-9 else (1 + u * ((size + 1) ** (1 - s) - 1)) ** (1 / (1 - s))
+        return np.minimum(x.astype(np.int64) - 1, sizes[:, None] - 1)
 
     def _fill_thresholds(self, progress: bool) -> None:
         n = self.cfg.num_items

@@ -22,7 +22,7 @@ def build_model(cfg: Config, modalities: dict[str, ModalitySpec], features: dict
     moe = cfg.moe
     fusion_moe = moe if moe.enabled and moe.placement in ("fusion", "both") else None
     encoder = ItemEncoder(num_items, cfg.model.hidden, modalities, features, cfg.model.use_id_embedding,
-                          fusion_moe, cfg.model.dropout)
+                          fusion_moe, cfg.model.dropout, cfg.model.sparse_item_table)
     return SASRec(encoder, cfg.model, moe)
 
 

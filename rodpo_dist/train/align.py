@@ -188,19 +188,32 @@ class Alignment(Recipe):
 
     def before_step(self, state: TrainState) -> None:
         self.log_due = (state.step + 1) % self.cfg.runtime.log_every == 0
-        refresh_epoch = self.cfg.pool.refresh_each_epoch and state.batch_in_epoch == 0
-        if self.pool is not None and (self.pool.due(state.step, self.cfg.pool.refresh_steps) or refresh_epoch):
-            self._refresh_pool(state)
+        pool = self.cfg.pool
+        upcoming = pool.scope == "upcoming"
+        refresh_epoch = (pool.refresh_each_epoch or upcoming) and state.batch_in_epoch == 0
+        if self.pool is not None and (self.pool.due(state.step, pool.refresh_steps) or refresh_epoch):
+            self._refresh_pool(state, self._upcoming_sequences(state) if upcoming else None)
 
-    def _refresh_pool(self, state: TrainState) -> None:
+    def _upcoming_sequences(self, state: TrainState) -> np.ndarray:
+        """Sequences of the global batches of the next `pool.refresh_steps` steps of this epoch (every
+        rank's share: the refresh is a collective over the same contexts on every rank)."""
+        batches = global_batches(self.contexts.num_sequences, self.contexts.lengths(), self.cfg, state.epoch,
+                                 self.rt.world_size)
+        return np.concatenate(batches[state.batch_in_epoch:state.batch_in_epoch + self.cfg.pool.refresh_steps])
+
+    def _refresh_pool(self, state: TrainState, sequences: np.ndarray | None) -> None:
         source = self.model if self.cfg.pool.source == "policy" else self.reference
         table = self.ref_table if source is self.reference else self.model.item_encoder.item_table(self.cfg.eval.item_chunk)
-        stats = self.pool.refresh(source, table, step=state.step, batch_size=self.cfg.eval.batch_size, rt=self.rt)
+        stats = self.pool.refresh(source, table, step=state.step, batch_size=self.cfg.eval.batch_size, rt=self.rt,
+                                  sequences=sequences)
+        rows = (slice(None) if sequences is None else
+                np.concatenate([np.arange(self.contexts.offsets[i], self.contexts.offsets[i + 1]) for i in sequences]))
         record = {"pool_refresh_s": stats.seconds, "pool_mb": stats.size_mb, "peak_rss_mb": stats.peak_rss_mb,
-                  "contexts": len(self.contexts)}
-        rates = held_out_rates(self.pool.ids, self.held_out)
+                  "contexts": len(self.contexts) if sequences is None else len(rows)}
+        ids = self.pool.ids[rows]
+        rates = held_out_rates(ids, self.held_out[rows])
         if self.truth is not None:
-            rates |= pool_rates(self.truth, self.context_users, self.pool.ids)
+            rates |= pool_rates(self.truth, self.context_users[rows], ids)
         record |= rates
         state.extra.setdefault("pool_false_negative_rates", []).append(rates)
         self.log.log(state.step, record, kind="pool")

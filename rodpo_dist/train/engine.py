@@ -50,16 +50,68 @@ class StepSettings:
     bf16: bool
 
 
+def sparse_row_params(model: torch.nn.Module) -> set[torch.nn.Parameter]:
+    """Parameters whose gradient is sparse over rows (`nn.Embedding(sparse=True)`: the item table)."""
+    return {m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse}
+
+
+def _empty_row_grad(param: torch.Tensor) -> torch.Tensor:
+    return torch.sparse_coo_tensor(torch.zeros(1, 0, dtype=torch.long, device=param.device),
+                                   param.new_zeros(0, *param.shape[1:]), param.shape)
+
+
+def _mean_row_grad(grad: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Mean of a sparse row gradient over ranks: all-gather of each rank's (rows, values), so the
+    volume is the rows the ranks used, never the table."""
+    grad = grad.coalesce()
+    rows, values = grad.indices()[0], grad.values()
+    counts = [torch.zeros(1, dtype=torch.long, device=rows.device) for _ in range(world_size)]
+    dist.all_gather(counts, torch.tensor([len(rows)], device=rows.device))
+    width = int(max(counts))
+    padded_rows = torch.zeros(width, dtype=torch.long, device=rows.device)
+    padded_values = values.new_zeros(width, *values.shape[1:])
+    padded_rows[:len(rows)], padded_values[:len(rows)] = rows, values
+    all_rows = [torch.empty_like(padded_rows) for _ in range(world_size)]
+    all_values = [torch.empty_like(padded_values) for _ in range(world_size)]
+    dist.all_gather(all_rows, padded_rows)
+    dist.all_gather(all_values, padded_values)
+    rows = torch.cat([r[:int(n)] for r, n in zip(all_rows, counts)])
+    values = torch.cat([v[:int(n)] for v, n in zip(all_values, counts)]) / world_size
+    return torch.sparse_coo_tensor(rows[None], values, grad.shape).coalesce()
+
+
 def _average_gradients(model: torch.nn.Module, world_size: int,
                        reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """Mean of every gradient over ranks; a parameter unused on this rank contributes zeros."""
+    """Mean of every gradient over ranks; a parameter unused on this rank contributes zeros.
+    Sparse row gradients (the item table under `model.sparse_item_table`) are gathered by row."""
     if world_size == 1:
         return
+    row_params = sparse_row_params(model)
     for param in model.parameters():
         if param.requires_grad:
+            if param in row_params:
+                param.grad = _mean_row_grad(param.grad if param.grad is not None else _empty_row_grad(param),
+                                            world_size)
+                continue
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
             param.grad.copy_(reduce(param.grad))
+
+
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """`clip_grad_norm_` (L2) that also takes sparse row gradients (coalesced: each row counts once)."""
+    for p in params:
+        if p.grad is not None and p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+    grads = [p.grad for p in params if p.grad is not None]
+    if not any(g.is_sparse for g in grads):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    total = torch.stack([(g.values() if g.is_sparse else g).float().pow(2).sum() for g in grads]).sum().sqrt()
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for p in params:
+        if p.grad is not None:
+            p.grad = p.grad * coef if p.grad.is_sparse else p.grad.mul_(coef)
+    return total
 
 
 class TorchEngine:
@@ -82,10 +134,11 @@ class TorchEngine:
         if self.accelerator is not None:
             _average_gradients(self.model, self.rt.world_size,
                                lambda g: self.accelerator.reduce(g, reduction="mean"))
-            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.grad_clip or float("inf"))
+            clip = clip_grad_norm if sparse_row_params(self.model) else self.accelerator.clip_grad_norm_
+            norm = clip(list(self.model.parameters()), self.grad_clip or float("inf"))
         else:
             _average_gradients(self.model, self.rt.world_size, _mean_all_reduce(self.rt.world_size))
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or float("inf"))
+            norm = clip_grad_norm(list(self.model.parameters()), self.grad_clip or float("inf"))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -133,12 +133,27 @@ def sampled_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, items: Ite
     return F.cross_entropy(logits, torch.zeros_like(targets), reduction=reduction)
 
 
-def next_item_loss(model: SASRec, seq: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+def sampling_distribution(counts: torch.Tensor, kind: str, power: float) -> torch.Tensor:
+    """Proposal q [N+1] of the sampled softmax from training counts [N+1] (q[0] = 0): uniform over ids
+    1..N, or proportional to `(count + 1) ** power` (every item keeps a chance to be drawn)."""
+    if kind == "uniform":
+        q = torch.ones(counts.shape[0], dtype=torch.float64)
+    elif kind == "popularity":
+        q = (counts.double() + 1.0) ** power
+    else:
+        raise ValueError(f"unknown sampling {kind!r} (uniform or popularity)")
+    q[0] = 0.0
+    return (q / q.sum()).float()
+
+
+def next_item_loss(model: SASRec, seq: torch.Tensor, cfg: Config,
+                   q: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-item loss of seq [B, L+1] and the model's MoE aux loss.
 
     Position t of `seq[:, :-1]` predicts `seq[:, t+1]`; a target after a padding input (the first
     item of a left-padded row) has no history and is skipped, like padding targets. `pretrain.loss`
-    picks the exact chunked softmax or a sampled softmax with uniform q over ids 1..N.
+    picks the exact chunked softmax or a sampled softmax with proposal `q` (`sampling_distribution`;
+    None: uniform over ids 1..N).
     """
     inputs, targets = seq[:, :-1], seq[:, 1:] * (seq[:, :-1] != 0)
     out = model(inputs)
@@ -146,8 +161,8 @@ def next_item_loss(model: SASRec, seq: torch.Tensor, cfg: Config) -> tuple[torch
     if p.loss == "full":
         ce = chunked_cross_entropy(out.hidden, targets, encoder, p.item_chunk, encoder.num_items, reduction="sum")
     else:
-        q = torch.full((encoder.num_items + 1,), 1.0 / encoder.num_items, device=seq.device)
-        q[0] = 0.0
-        ce = sampled_softmax_loss(out.hidden, targets, encoder, p.num_sampled, q, num_items=encoder.num_items,
-                                  reduction="sum")
+        if q is None:
+            q = sampling_distribution(torch.zeros(encoder.num_items + 1), "uniform", 1.0)
+        ce = sampled_softmax_loss(out.hidden, targets, encoder, p.num_sampled, q.to(seq.device),
+                                  num_items=encoder.num_items, reduction="sum")
     return ce, out.aux_loss

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from rodpo_dist.data.batching import sorted_batches
@@ -39,13 +40,17 @@ class CandidatePool:
         self.refreshed_at: int | None = None
 
     def refresh(self, model: torch.nn.Module, item_table: torch.Tensor, *, step: int, batch_size: int,
-                rt: Runtime) -> RefreshStats:
-        """Recompute every context's top-K under `model` and `item_table` ([N+1, d], row 0 padding).
+                rt: Runtime, sequences: np.ndarray | None = None) -> RefreshStats:
+        """Recompute the top-K under `model` and `item_table` ([N+1, d], row 0 padding) of the contexts
+        of training `sequences` (default: all), leaving the other rows as they are.
 
-        `batch_size` counts training windows. A collective with several ranks.
+        `batch_size` counts training windows. A collective with several ranks (all pass the same sequences).
         """
         tic = time.perf_counter()
-        windows = (self.contexts.batch(index) for index in sorted_batches(self.contexts.lengths(), batch_size))
+        if sequences is None:
+            sequences = np.arange(self.contexts.num_sequences)
+        order = sorted_batches(self.contexts.lengths()[sequences], batch_size)
+        windows = (self.contexts.batch(sequences[index]) for index in order)
         scoring = (ScoringBatch(w.seq, w.exclude, (w.rows, w.cols), w.context_ids) for w in windows)
         for batch, top in top_items(model, item_table, self.k, scoring, rt):
             self.ids[batch.meta] = top.ids.to(torch.int32).cpu()

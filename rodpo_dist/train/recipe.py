@@ -27,7 +27,7 @@ from rodpo_dist.model import SASRec, make_model, optimizer_param_groups
 from rodpo_dist.runtime import Preemption, Runtime, seed_everything
 from rodpo_dist.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from rodpo_dist.train.engine import Engine, StepSettings, build_engine
-from rodpo_dist.train.optim import build_scheduler
+from rodpo_dist.train.optim import build_optimizer, build_scheduler
 from rodpo_dist.train.run_dir import open_run, run_folder
 from rodpo_dist.train.run_log import RunLog
 from rodpo_dist.train.selection import evaluate_splits, report_best, track_best
@@ -64,7 +64,7 @@ class Recipe(ABC):
         s = self.stage
         self.steps_per_epoch = steps_per_epoch
         self.units_per_step = max(units_per_epoch / steps_per_epoch, 1.0)
-        optimizer = torch.optim.AdamW(optimizer_param_groups(model, s.weight_decay), lr=s.lr)
+        optimizer = build_optimizer(optimizer_param_groups(model, s.weight_decay), s.lr, self.cfg.model.sparse_item_table)
         scheduler = build_scheduler(optimizer, s.warmup_steps, steps_per_epoch * s.epochs, s.decay)
         self.engine = build_engine(self.cfg.runtime, model, optimizer, scheduler, self.rt,
                                    StepSettings(s.batch_size, s.grad_accum, s.grad_clip, s.bf16))
@@ -121,7 +121,7 @@ class Recipe(ABC):
     # ------------------------------------------------------------------ the skeleton
 
     def validate(self) -> dict[str, float]:
-        return evaluate_splits(self.model, self.data, self.cfg, self.rt, ("valid",))["valid"]
+        return evaluate_splits(self.model, self.data, self.cfg, self.rt, ("valid",), users=self.cfg.eval.valid_users)["valid"]
 
     def track(self, state: TrainState) -> bool:
         """Validate now; save `best` when the selection metric improves."""
