@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from rodpo_dist.config import config_from_dict
 from rodpo_dist.data import DataError, load_item_features, load_split, verify
@@ -145,3 +146,18 @@ def test_bad_vectors_in_a_keyed_npy(tmp_path):
     ids.write_text(ids.read_text().replace("p04", "p01"))
     with pytest.raises(DataError, match=r"images\.ids\.txt, line 4: item id 'p01' repeated \(first on line 1\)"):
         _prepare(data, tmp_path / "out")
+
+
+def test_missing_indicator_reaches_the_item_encoder(tmp_path):
+    from rodpo_dist.data import load_dataset
+    from rodpo_dist.model import make_model
+
+    data = {**_without_product(tmp_path, "p07"), "modalities": ["text", "attr"]}
+    data["items"] = {**data["items"], "unknown": "keep"}
+    cfg = config_from_dict({"data": {**data, "prepared_dir": str(tmp_path / "out")}, "model": {"hidden": 8, "heads": 1}})
+    _prepare(cfg.to_dict()["data"], tmp_path / "out")
+    dataset = load_dataset(tmp_path / "out", cfg.data.modalities)
+    assert sorted(dataset.features) == ["attr", "attr_missing", "text", "text_missing"]
+    encoder = make_model(cfg, dataset, torch.device("cpu")).item_encoder
+    assert {"text_missing", "attr_missing"} <= set(encoder.projections)
+    assert encoder.feature_text_missing[:, 0].nonzero().flatten().tolist() == [7]

@@ -68,3 +68,13 @@ def test_guide_runs_as_written(tmp_path, monkeypatch, capsys):
     assert "Hit the cap of 2 epochs" in report or "Stopped early" in report
     assert (tmp_path / "recs.jsonl").read_text().count("\n") == 1
     assert (tmp_path / "exported" / "shop" / "user_encoder.pt2").is_file()
+
+
+@pytest.mark.slow
+def test_pretrain_prepares_the_dataset_on_demand(tmp_path, capsys):
+    prepared = tmp_path / "data"
+    argv = ["pretrain", "--config", str(DOC.parents[1] / "configs" / "demo.yaml"), *FAST, f"data.prepared_dir={prepared}",
+            f"runtime.run_dir={tmp_path / 'runs'}", "data.synthetic.num_items=120", "data.synthetic.num_users=80",
+            "data.synthetic.num_clusters=6", "data.synthetic.max_seq_len=10"]
+    assert main(argv) == 0, capsys.readouterr().err[-2000:]
+    assert (prepared / "manifest.json").is_file() and (tmp_path / "runs" / "pretrain" / "best").is_dir()
