@@ -229,7 +229,9 @@ class AlignConfig(StageConfig):
     window_start: int = 0
     """Pool ranks 1..window_start are never drawn with `sampling: window`."""
     ce_weight: float = 0.0
-    """Weight of the next-item CE (full softmax) added to the DPO loss: the anchor against drift."""
+    """Weight of the next-item CE added to the DPO loss: the anchor against drift. A full softmax, or
+    with `pretrain.loss: sampled` the same sampled softmax (and proposal) as pretraining; the `ce`
+    control uses the same."""
     disable_dropout: bool = True
     """Train the policy without dropout (and without MoE gating noise), so its rewards against the
     eval-mode reference are exactly 0 before the first update (TRL's `disable_dropout`)."""
@@ -253,8 +255,8 @@ class EvalConfig:
     report_test: bool = True
     """Evaluate the selected checkpoint on test at the end; false keeps a tuning run on validation only."""
     valid_users: int = 0
-    """Validation during training (checkpoint selection, early stopping) on a fixed random sample of this
-    many users (0: every user); the final report still ranks every validation and test user."""
+    """Validation (checkpoint selection, early stopping, the reports' `valid` rows) on a fixed random
+    sample of this many users (0: every user); test always ranks every test user."""
 
 
 @dataclass

@@ -50,9 +50,11 @@ def ranks_path(record: dict[str, Any]) -> str:
 
 
 def make_record(cfg: Config, method: str, result: dict[str, dict[str, float]], final: dict[str, Any],
-                seconds: float, command: str, run_dir: Path) -> dict[str, Any]:
+                seconds: float, command: str, run_dir: Path, catalog: dict[str, int]) -> dict[str, Any]:
+    """One run's record; `catalog` (num_users, num_items, num_interactions) says the scale of the row."""
     sections = ("model", "moe", "pretrain") if method == "backbone" else ("model", "moe", "align", "pool")
     return {"dataset": dataset_name(cfg), "variant": variant_name(cfg), "method": method, "seed": cfg.runtime.seed,
+            **catalog,
             "valid": result["valid"], "test": result["test"],
             **{f"{split}_last": result[f"{split}_last"] for split in SPLITS if f"{split}_last" in result},
             "false_negatives": {k: v for k, v in final.items()

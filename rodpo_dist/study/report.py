@@ -176,7 +176,9 @@ def write_results(out: Path) -> Path:
              f"(`{out.name}/{COMPARISONS_FILE}`); **bold**: the interval lies above 0.", ""]
     for dataset in sorted({r["dataset"] for r in records}):
         rows = [r for r in records if r["dataset"] == dataset]
-        lines += [f"## {dataset}", "", f"Selection metric: {rows[0]['selection_metric']}.", "",
+        scale = (f" Catalog: {rows[0]['num_users']:,} users, {rows[0]['num_items']:,} items, "
+                 f"{rows[0]['num_interactions']:,} interactions." if "num_items" in rows[0] else "")
+        lines += [f"## {dataset}", "", f"Selection metric: {rows[0]['selection_metric']}.{scale}", "",
                   results_table(records, entries, dataset), ""]
         check = target_check(entries, dataset)
         if check:

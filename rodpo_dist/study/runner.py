@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rodpo_dist.config import Config, apply_override, config_from_dict, config_hash, parse_override
+from rodpo_dist.data.manifest import load_manifest
 from rodpo_dist.study.records import copy_ranks, dataset_name, make_record, save_records, variant_name
 from rodpo_dist.study.report import (false_negative_table, final_weights_table, plot_training, results_table,
                                      write_results)
@@ -125,10 +126,14 @@ def run_study(cfg: Config, seeds: list[int], methods: list[str], out: str | Path
     out = Path(out)
     plan = study_plan(cfg, seeds, methods, variants)
     ensure_prepared(cfg)
+    manifest = load_manifest(cfg.data.prepared_dir)
+    catalog = {"num_users": manifest.num_users, "num_items": manifest.num_items,
+               "num_interactions": manifest.num_interactions}
     records, command = [], command_line()
     for run in plan:
         result, final = execute(run)
-        record = make_record(run.cfg, run.method, result, final, final.get("wall_time_s", 0.0), command, run.folder)
+        record = make_record(run.cfg, run.method, result, final, final.get("wall_time_s", 0.0), command, run.folder,
+                             catalog)
         copy_ranks(run.folder, out, record)
         records.append(record)
         save_records(out, records)  # after every run: an interrupted study keeps what it finished

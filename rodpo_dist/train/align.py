@@ -27,7 +27,7 @@ from rodpo_dist.model.expert_parallel import join_expert_groups
 from rodpo_dist.model.weights import load_weights
 from rodpo_dist.train.checkpoint import TrainState
 from rodpo_dist.train.false_negatives import FalseNegativeCounter, held_out_rates, pool_rates
-from rodpo_dist.train.losses import log_partition
+from rodpo_dist.train.losses import log_partition, sampled_softmax_loss, training_proposal
 from rodpo_dist.train.negatives import select_negatives
 from rodpo_dist.train.pool import CandidatePool
 from rodpo_dist.train.recipe import Recipe, steps_per_epoch
@@ -83,6 +83,7 @@ class Alignment(Recipe):
         self.held_out = np.array([valid_target.get(u, -1) for u in self.context_users.tolist()], dtype=np.int64)
         self.pool = CandidatePool(self.contexts, cfg.pool.k) if a.strategy in POOL_STRATEGIES else None
         self.num_items = self.data.manifest.num_items
+        self.q = training_proposal(self.contexts.sequences, self.num_items, cfg.pretrain)  # sampled CE: its proposal
         self.variant = "sdpo" if a.strategy == "sdpo" else ("pairwise" if a.num_negatives == 1 else "mean")
         # negatives are drawn per rank (each rank has its own contexts): one stream per rank, saved per rank
         self.sampler = torch.Generator().manual_seed(cfg.runtime.seed + 7919 * self.rt.rank)
@@ -114,12 +115,15 @@ class Alignment(Recipe):
         pos = b.targets.to(self.rt.device)
         s_pos = (h * self.model.item_encoder(pos)).sum(-1).float()
         uses_ce = a.strategy == "ce" or a.ce_weight > 0
+        full_ce = uses_ce and self.q is None
         logz = None
-        if uses_ce or self.log_due:
-            with self.autocast, torch.set_grad_enabled(uses_ce):
+        if full_ce or self.log_due:
+            with self.autocast, torch.set_grad_enabled(full_ce):
                 logz = log_partition(h, self.model.item_encoder, cfg.pretrain.item_chunk, self.num_items)
         if uses_ce:
-            ce = (logz - s_pos).sum()
+            ce = (logz - s_pos).sum() if full_ce else sampled_softmax_loss(
+                h, pos, self.model.item_encoder, cfg.pretrain.num_sampled, self.q.to(h.device),
+                num_items=self.num_items, reduction="sum")
             loss = loss + (1.0 if a.strategy == "ce" else a.ce_weight) * ce
             stats["ce"] = float(ce.detach())
         if a.strategy != "ce":

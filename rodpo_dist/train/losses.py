@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rodpo_dist.config import Config
+from rodpo_dist.config import Config, PretrainConfig
 from rodpo_dist.model.sasrec import SASRec
 
 Items = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
@@ -144,6 +145,14 @@ def sampling_distribution(counts: torch.Tensor, kind: str, power: float) -> torc
         raise ValueError(f"unknown sampling {kind!r} (uniform or popularity)")
     q[0] = 0.0
     return (q / q.sum()).float()
+
+
+def training_proposal(sequences: list[np.ndarray], num_items: int, cfg: PretrainConfig) -> torch.Tensor | None:
+    """The sampled softmax's proposal from the training sequences' item counts (None for `loss: full`)."""
+    if cfg.loss != "sampled":
+        return None
+    counts = np.bincount(np.concatenate(sequences), minlength=num_items + 1) if sequences else np.zeros(num_items + 1)
+    return sampling_distribution(torch.from_numpy(counts), cfg.sampling, cfg.popularity_power)
 
 
 def next_item_loss(model: SASRec, seq: torch.Tensor, cfg: Config,

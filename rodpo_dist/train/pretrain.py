@@ -17,7 +17,7 @@ import torch
 from rodpo_dist.config import Config
 from rodpo_dist.data import load_split, sequence_loader
 from rodpo_dist.train.checkpoint import TrainState
-from rodpo_dist.train.losses import next_item_loss, sampling_distribution
+from rodpo_dist.train.losses import next_item_loss, training_proposal
 from rodpo_dist.train.recipe import Recipe
 
 FILLER = torch.tensor([[1, 1]])  # a one-target sequence for a pass without data on this rank
@@ -53,10 +53,7 @@ class Pretraining(Recipe):
         super().__init__(cfg, cfg.pretrain)
         train = load_split(self.data.dir, "train").sequences
         lengths = np.array([len(s) for s in train])
-        counts = np.bincount(np.concatenate(train), minlength=self.data.manifest.num_items + 1) if train else None
-        p = cfg.pretrain
-        self.q = (sampling_distribution(torch.from_numpy(counts), p.sampling, p.popularity_power)
-                  if p.loss == "sampled" and counts is not None else None)
+        self.q = training_proposal(train, self.data.manifest.num_items, cfg.pretrain)
         steps = loader_steps(len(lengths), self.rt.world_size, cfg.data.num_workers,
                              cfg.pretrain.batch_size * cfg.pretrain.grad_accum)
         targets = int((np.minimum(lengths, cfg.model.max_len + 1) - 1).clip(min=0).sum())  # what collate keeps

@@ -33,14 +33,15 @@ def evaluate_splits(model: SASRec, data: PreparedDataset, cfg: Config, rt: Runti
                     splits: tuple[str, ...] = ("valid", "test"), ranks_to: Path | None = None,
                     users: int = 0) -> dict[str, dict[str, float]]:
     """Full-ranking metrics of `model` on each split (one item table for all; collective over ranks),
-    over every user or a fixed sample of `users` (`Contexts.sample`).
+    over every user; validation over a fixed sample of `users` when given (`Contexts.sample`).
 
     With `ranks_to`, rank 0 also saves every user's target rank per split there (`eval.save_ranks`).
     """
     table = model.item_encoder.item_table(cfg.eval.item_chunk)
     results, ranks = {}, {}
     for split in splits:
-        contexts = getattr(data, split).sample(users)
+        contexts = getattr(data, split)
+        contexts = contexts.sample(users) if split == "valid" else contexts
         results[split], r = evaluate(model, table, contexts, ks=cfg.eval.ks, max_len=cfg.model.max_len,
                                      batch_size=cfg.eval.batch_size, rt=rt)
         ranks[split] = (contexts.users, r)
@@ -56,9 +57,9 @@ def report_best(model: SASRec, run_dir: Path, data: PreparedDataset, cfg: Config
     on test), log and write `report.{json,md}` (`extra["stop_reason"]`, if any, below the table). With `last`, the weights the run ended with are
     evaluated first too (`valid_last`, `test_last`: what the run did, whatever the selection kept)."""
     splits = ("valid", "test") if cfg.eval.report_test else ("valid",)
-    ended = evaluate_splits(model, data, cfg, rt, splits) if last else {}
+    ended = evaluate_splits(model, data, cfg, rt, splits, users=cfg.eval.valid_users) if last else {}
     load_weights(run_dir / "best", model)
-    results = evaluate_splits(model, data, cfg, rt, splits, ranks_to=run_dir / RANKS_FILE)
+    results = evaluate_splits(model, data, cfg, rt, splits, ranks_to=run_dir / RANKS_FILE, users=cfg.eval.valid_users)
     if data.truth is not None and cfg.eval.report_test:
         table = model.item_encoder.item_table(cfg.eval.item_chunk)
         for k in cfg.eval.ks:
