@@ -79,7 +79,7 @@ class Table:
                 return list(pq.read_schema(self.path).names), {}
             except (pa.ArrowException, OSError) as err:
                 raise DataError(self.path, f"not a readable Parquet file ({err})") from None
-        with open(self.path, newline="", encoding="utf-8") as f:
+        with open(self.path, newline="", encoding="utf-8-sig") as f:  # a BOM is not part of the first name
             if self.format == "jsonl":
                 return self._json_keys(f), {}
             first = f.readline().rstrip("\r\n")
