@@ -206,6 +206,14 @@ class PoolConfig:
     (just in time: only the contexts of the global batches of the next `refresh_steps` steps of the
     epoch, the only rows read before the next refresh; then every epoch starts with a refresh). Same
     rows for the same weights; the cost follows the contexts trained, not contexts x refreshes."""
+    index: Literal["exact", "ivf"] = "exact"
+    """How a refresh finds each context's top-K: `exact` (the full-catalog scan, as evaluation), or
+    `ivf` (an approximate inner-product index over the item table, faiss-cpu, rebuilt at each refresh:
+    most of the exact top-K for a fraction of the scoring; the pool is a candidate set, not a metric)."""
+    ivf_lists: int = 0
+    """Inverted lists of the `ivf` index (0: 4 * sqrt(num_items))."""
+    ivf_probe: int = 16
+    """Lists scanned per query: more finds more of the exact top-K, at proportional cost."""
 
 
 @dataclass

@@ -4,6 +4,7 @@ discover late. Each rule appends one message naming the fields; all problems are
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def _ranges(cfg: Config, problems: list[str]) -> None:
         "pretrain.item_chunk": cfg.pretrain.item_chunk, "pretrain.num_sampled": cfg.pretrain.num_sampled,
         "pretrain.patience": cfg.pretrain.patience, "pretrain.eval_every_epochs": cfg.pretrain.eval_every_epochs,
         "align.num_negatives": cfg.align.num_negatives, "pool.k": cfg.pool.k, "pool.refresh_steps": cfg.pool.refresh_steps,
+        "pool.ivf_probe": cfg.pool.ivf_probe,
         "eval.batch_size": cfg.eval.batch_size, "eval.item_chunk": cfg.eval.item_chunk,
         "data.items_per_shard": cfg.data.items_per_shard, "data.users_per_shard": cfg.data.users_per_shard,
         "data.min_user_items": cfg.data.min_user_items, "data.min_item_users": cfg.data.min_item_users,
@@ -66,7 +68,7 @@ def _ranges(cfg: Config, problems: list[str]) -> None:
                     "moe.min_capacity": cfg.moe.min_capacity, "align.window_start": cfg.align.window_start,
                     "align.eval_every_steps": cfg.align.eval_every_steps, "data.num_workers": cfg.data.num_workers,
                     "align.reference_update_every": cfg.align.reference_update_every,
-                    "eval.valid_users": cfg.eval.valid_users, "pretrain.popularity_power": cfg.pretrain.popularity_power,
+                    "eval.valid_users": cfg.eval.valid_users, "pool.ivf_lists": cfg.pool.ivf_lists, "pretrain.popularity_power": cfg.pretrain.popularity_power,
                     **{f"{s}.{f}": getattr(stage, f) for s, stage in stages.items()
                        for f in ("weight_decay", "grad_clip", "warmup_steps")}}
     for name, value in non_negative.items():
@@ -99,6 +101,9 @@ def _model(cfg: Config, problems: list[str]) -> None:
               f"model.hidden ({cfg.model.hidden}) must be divisible by model.heads ({cfg.model.heads})")
     _need(problems, cfg.model.use_id_embedding or bool(cfg.data.modalities),
           "model.use_id_embedding=false needs at least one entry in data.modalities (an item must be encoded somehow)")
+    if cfg.pool.index == "ivf" and importlib.util.find_spec("faiss") is None:
+        problems.append("pool.index: ivf needs the package faiss-cpu, which is not installed "
+                        "(pip install faiss-cpu==1.15.1), or set pool.index: exact")
     if cfg.model.sparse_item_table:
         _need(problems, cfg.model.use_id_embedding, "model.sparse_item_table needs model.use_id_embedding (the table)")
         _need(problems, cfg.runtime.engine != "deepspeed",

@@ -8,7 +8,7 @@ score is computed exactly as on one process, so the merged lists equal the singl
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -16,6 +16,10 @@ import torch.distributed as dist
 
 from rodpo_dist.runtime import Runtime
 from rodpo_kernels import TopK, merge_topk, topk_scores
+
+
+Search = Callable[[torch.Tensor, int, torch.Tensor], TopK]
+"""(states [C, d], k, exclusions [C, H]) -> the top-k of each state."""
 
 
 class ScoringBatch(NamedTuple):
@@ -50,11 +54,12 @@ def catalog_topk(users: torch.Tensor, items: torch.Tensor, k: int, exclude: torc
 
 @torch.no_grad()
 def top_items(model: torch.nn.Module, item_table: torch.Tensor, k: int, batches: Iterable[ScoringBatch],
-              rt: Runtime) -> Iterator[tuple[ScoringBatch, TopK]]:
+              rt: Runtime, search: Search | None = None) -> Iterator[tuple[ScoringBatch, TopK]]:
     """Per batch, (the batch, the top-`k` catalog items (ids 1..N) of each selected state, exclusions removed).
 
     `item_table` is [N+1, d] with row 0 padding (never a candidate). The model runs in eval mode
     (restored afterwards). A collective with several ranks: every rank passes the same batches.
+    `search(states, k, exclude)` replaces the exact sharded scan (e.g. an approximate index).
     """
     was_training = model.training
     model.eval()
@@ -63,6 +68,8 @@ def top_items(model: torch.nn.Module, item_table: torch.Tensor, k: int, batches:
         for batch in batches:
             hidden = model(batch.seq.to(rt.device)).hidden
             states = hidden[:, -1] if batch.positions is None else hidden[batch.positions]
-            yield batch, catalog_topk(states.float(), items, k, batch.exclude.to(rt.device), rt)
+            exclude = batch.exclude.to(rt.device)
+            yield batch, (search(states.float(), k, exclude) if search is not None
+                          else catalog_topk(states.float(), items, k, exclude, rt))
     finally:
         model.train(was_training)

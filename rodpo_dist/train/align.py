@@ -81,7 +81,9 @@ class Alignment(Recipe):
         self.context_users = self.contexts.context_users()
         valid_target = dict(zip(self.data.valid.users.tolist(), self.data.valid.targets.tolist()))
         self.held_out = np.array([valid_target.get(u, -1) for u in self.context_users.tolist()], dtype=np.int64)
-        self.pool = CandidatePool(self.contexts, cfg.pool.k) if a.strategy in POOL_STRATEGIES else None
+        index = ({"lists": cfg.pool.ivf_lists, "probe": cfg.pool.ivf_probe, "seed": cfg.runtime.seed}
+                 if cfg.pool.index == "ivf" else None)
+        self.pool = CandidatePool(self.contexts, cfg.pool.k, index) if a.strategy in POOL_STRATEGIES else None
         self.num_items = self.data.manifest.num_items
         self.q = training_proposal(self.contexts.sequences, self.num_items, cfg.pretrain)  # sampled CE: its proposal
         self.variant = "sdpo" if a.strategy == "sdpo" else ("pairwise" if a.num_negatives == 1 else "mean")

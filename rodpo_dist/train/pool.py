@@ -22,6 +22,7 @@ from rodpo_dist.data.batching import sorted_batches
 from rodpo_dist.data.contexts import TrainingContexts
 from rodpo_dist.eval.catalog import ScoringBatch, top_items
 from rodpo_dist.runtime import Runtime
+from rodpo_dist.train.item_index import ItemIndex
 
 
 @dataclass
@@ -32,9 +33,12 @@ class RefreshStats:
 
 
 class CandidatePool:
-    def __init__(self, contexts: TrainingContexts, k: int) -> None:
+    def __init__(self, contexts: TrainingContexts, k: int, index: dict[str, int] | None = None) -> None:
+        """`index`: None for the exact top-K, or the settings of an approximate `ItemIndex` (lists, probe),
+        rebuilt from the item table at every refresh."""
         self.contexts = contexts
         self.k = k
+        self.index = index
         self.ids = torch.full((len(contexts), k), -1, dtype=torch.int32)
         self.scores = torch.full((len(contexts), k), float("-inf"))
         self.refreshed_at: int | None = None
@@ -52,7 +56,8 @@ class CandidatePool:
         order = sorted_batches(self.contexts.lengths()[sequences], batch_size)
         windows = (self.contexts.batch(sequences[index]) for index in order)
         scoring = (ScoringBatch(w.seq, w.exclude, (w.rows, w.cols), w.context_ids) for w in windows)
-        for batch, top in top_items(model, item_table, self.k, scoring, rt):
+        search = ItemIndex(item_table, **self.index).topk if self.index is not None else None
+        for batch, top in top_items(model, item_table, self.k, scoring, rt, search):
             self.ids[batch.meta] = top.ids.to(torch.int32).cpu()
             self.scores[batch.meta] = top.scores.float().cpu()
         self.refreshed_at = step
