@@ -49,7 +49,7 @@ def wait_for(pred, timeout: float, what: str, proc: subprocess.Popen) -> None:
         if proc.poll() is not None:
             pytest.fail(f"the job ended before {what}: rc {proc.returncode}\n{proc.stdout.read()[-3000:]}")
         if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill(proc)
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.05)
 
@@ -58,6 +58,29 @@ def workers(agent: subprocess.Popen) -> list[int]:
     """The training processes torchrun started (children of the agent)."""
     out = subprocess.run(["pgrep", "-P", str(agent.pid)], capture_output=True, text=True).stdout
     return sorted(int(pid) for pid in out.split())
+
+
+def kill(job: subprocess.Popen) -> None:
+    """SIGKILL a job: its workers (torchrun puts them in sessions of their own) and the agent's group."""
+    for pid in workers(job):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(job.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    job.wait()
+
+
+def finish(job: subprocess.Popen, timeout: float, what: str) -> int:
+    """The job's exit status; a job still running after `timeout` s is killed and the test fails."""
+    try:
+        return job.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill(job)
+        pytest.fail(f"{what}: the job was still running {timeout} s later")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +119,7 @@ def test_a_signal_checkpoints_and_resume_equals_an_uninterrupted_run(data_dir, b
     assert sorted(pids) == [0, 1]
     for rank in ranks:  # SIGTERM: SLURM signals every process of the step; SIGUSR1 here reaches one rank
         os.kill(pids[rank], signum)
-    assert job.wait(timeout=60) == 0, job.stdout.read()[-3000:]
+    assert finish(job, 60, f"signal {signum} to rank(s) {ranks}") == 0, job.stdout.read()[-3000:]
     [event] = [r for r in records(run, "event", stage) if r.get("preempted")]
     latest = resolve_resume(run / stage, "auto")
     assert json.loads((latest / "state.json").read_text())["step"] == event["step"]
@@ -139,12 +162,7 @@ def test_a_killed_rank_ends_the_job_with_an_error_within_seconds(data_dir, tmp_p
         survivors = jobs[:1]
     tic = time.monotonic()
     for job in survivors:
-        try:
-            rc = job.wait(timeout=ENDS_WITHIN_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(job.pid, signal.SIGKILL)
-            pytest.fail(f"the job was still running {ENDS_WITHIN_S} s after one of its ranks was killed")
-        assert rc != 0
+        assert finish(job, ENDS_WITHIN_S, "a rank was killed") != 0
     elapsed = time.monotonic() - tic
     assert elapsed < ENDS_WITHIN_S
     print(f"{peer}: the job ended {elapsed:.1f} s after the kill")
