@@ -3,6 +3,7 @@ root, with tiny overrides appended (a small synthetic catalog or a tiny S3-Rec f
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import re
 import shlex
@@ -45,13 +46,15 @@ def test_every_config_opens_with_the_command_that_runs_it():
 
 
 def test_every_command_line_of_every_config_is_parsed():
-    """No line of the comment block that names a `rodpo` command is left out (a label such as `Stages
-    alone:` included), and every parsed command is one the CLI accepts."""
+    """No line of the comment block that names a command of the CLI (`rodpo pretrain ...`) is left out (a
+    label such as `Stages alone:` included), and the CLI accepts every parsed command."""
     from rodpo_dist.cli import build_parser
 
     parser = build_parser()
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    names = re.compile(rf"(^|[\s:])rodpo\s+({'|'.join(sub.choices)})\b")  # `rodpo <a command of the CLI>`
     for path in CONFIGS:
-        named = [line for line in header(path) if re.search(r"(^|[\s:])rodpo\s+[a-z]", line.lstrip("#"))]
+        named = [line for line in header(path) if names.search(line.lstrip("#"))]
         found = commands(path)
         assert len(found) == len(named), f"{path.name}: {named}"
         for argv in found:
