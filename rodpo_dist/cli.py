@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=_cmd_demo)
 
-    methods = ["ce", "random", "hard", "rodpo", "sdpo"]
+    methods = ["ce", "random", "hard", "rodpo", "sdpo", "observed", "mixed"]  # observed / mixed: rodpo with align.rejected
     p = sub.add_parser("study", help="backbone vs ce / random / hard / rodpo / sdpo over seeds, paired statistics")
     _add_config_args(p)
     p.add_argument("--seeds", nargs="+", type=int, help="default: study.seeds")

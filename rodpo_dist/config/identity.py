@@ -19,6 +19,9 @@ RUNTIME_ONLY = frozenset({
     "runtime.dist_timeout_s", "eval.batch_size", "eval.item_chunk", "eval.report_test", "model.length_groups", "pretrain.item_chunk",
 })
 RUNTIME_ONLY_SECTIONS = ("study.",)
+# fields added after runs were recorded: left out while at these defaults, so those runs keep their hash
+ABSENT_AT_DEFAULT = {"data.max_dislike_rating": None, "data.synthetic.dislike_rate": 0.0, "align.rejected": "pool",
+                     "align.observed_share": 0.5, "align.observed_scope": "train"}
 # what one stage never reads: pretraining ignores the alignment settings, and an alignment run's
 # backbone is identified by `init`, not by the settings that trained it
 OTHER_STAGE = {"pretrain": ("align.", "pool.", "init"), "align": ("pretrain.",)}
@@ -39,7 +42,8 @@ def identity_fields(cfg: Config | dict[str, Any]) -> dict[str, Any]:
     """The flattened settings that define a run: all but `RUNTIME_ONLY` and the other stage's sections."""
     tree = cfg.to_dict() if isinstance(cfg, Config) else cfg
     skip = RUNTIME_ONLY_SECTIONS + OTHER_STAGE.get(tree.get("stage", "pretrain"), ())
-    return {k: v for k, v in flatten(tree).items() if k not in RUNTIME_ONLY and not k.startswith(skip)}
+    return {k: v for k, v in flatten(tree).items() if k not in RUNTIME_ONLY and not k.startswith(skip)
+            and not (k in ABSENT_AT_DEFAULT and v == ABSENT_AT_DEFAULT[k])}
 
 
 def config_hash(cfg: Config | dict[str, Any], length: int = 12) -> str:

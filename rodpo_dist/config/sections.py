@@ -35,6 +35,9 @@ class SyntheticConfig:
     user is shown from each cluster with probability ~ rank ** -zipf_exponent (a heavy head and a
     long tail, as in real catalogs; `rodpo data stats` reports the top 1% share of interactions)."""
     zipf_exponent: float = 1.0
+    dislike_rate: float = 0.0
+    """Observed rejections: after each consumed item, with this probability, the user turns down an item
+    it was shown from the same cluster and does not like (by the ground truth); 0 = none recorded."""
     seed: int = 0
 
 
@@ -86,6 +89,10 @@ class DataConfig:
     items: ItemsConfig = field(default_factory=ItemsConfig)
     min_rating: float | None = None
     """Keep only interactions rated at or above this (needs a rating column); None keeps all."""
+    max_dislike_rating: float | None = None
+    """Interactions rated at or below this become the users' observed rejections (kept with their times
+    beside the positive sequence, not in it; `rejections.npz`); must be below `min_rating` (without
+    `min_rating`, the positives are the interactions rated above it). None: no rejections."""
     read_chunk_rows: int = 1_000_000
     """Rows per chunk when reading interaction files and item tables: memory is bounded by the chunk."""
     prepared_dir: str = "data_cache/demo"
@@ -251,6 +258,17 @@ class AlignConfig(StageConfig):
     reference_update_alpha: float = 0.5
     eval_every_steps: int = 0
     """0: evaluate on validation at the end of each epoch only. The step-0 policy always competes."""
+    rejected: Literal["pool", "observed", "mixed"] = "pool"
+    """Where a DPO pair's rejected items come from: the strategy's own negatives (`pool`), the user's
+    observed rejections (`observed`: needs a dataset with rejections), or both (`mixed`: each negative
+    slot is an observed rejection with probability `observed_share`). A context whose user has no
+    usable observed rejection falls back to the strategy's negatives. The `ce` control ignores it."""
+    observed_share: float = 0.5
+    """`mixed`: the expected share of a context's M negatives drawn from its observed rejections."""
+    observed_scope: Literal["train", "before"] = "train"
+    """Which observed rejections a context may use: every training rejection of its user (`train`: a
+    rejection states a taste, not a moment; none is at or after the validation target), or only those
+    made before the context's target (`before`: causal, fewer pairs)."""
 
 
 @dataclass

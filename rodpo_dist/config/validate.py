@@ -188,8 +188,28 @@ def _min_rating(cfg: Config, problems: list[str]) -> None:
           f"data.min_rating: needs a rating column (data.source interactions or recbole), not {cfg.data.source!r}")
 
 
+def _dislikes(cfg: Config, problems: list[str]) -> None:
+    data, a = cfg.data, cfg.align
+    _need(problems, 0.0 <= data.synthetic.dislike_rate <= 1.0,
+          f"data.synthetic.dislike_rate: must be in [0, 1], got {data.synthetic.dislike_rate}")
+    _need(problems, 0.0 <= a.observed_share <= 1.0, f"align.observed_share: must be in [0, 1], got {a.observed_share}")
+    value = data.max_dislike_rating
+    if value is None:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        problems.append(f"data.max_dislike_rating: expected a number, got {value!r}")
+        return
+    _need(problems, data.source in ("interactions", "recbole"),
+          f"data.max_dislike_rating: needs a rating column (data.source interactions or recbole), not {data.source!r}")
+    if isinstance(data.min_rating, (int, float)):
+        _need(problems, value < data.min_rating,
+              f"data.max_dislike_rating ({value}) must be below data.min_rating ({data.min_rating}): an interaction "
+              "is a positive or a rejection, never both")
+
+
 def _alignment(cfg: Config, problems: list[str]) -> None:
     a, k = cfg.align, cfg.pool.k
+    _dislikes(cfg, problems)
     if a.strategy in POOL_STRATEGIES:
         drawable = k - (a.window_start if a.sampling == "window" else 0)
         _need(problems, a.num_negatives <= drawable,
@@ -237,7 +257,8 @@ def _runtime(cfg: Config, problems: list[str]) -> None:
               f"use \"auto\" there (filled from the YAML) or make them agree")
 
 
-METHODS = ("ce", "random", "hard", "rodpo", "sdpo")
+METHODS = ("ce", "random", "hard", "rodpo", "sdpo", "observed", "mixed")
+"""Study methods: the strategies, and `observed` / `mixed` (rodpo with `align.rejected` observed / mixed)."""
 
 
 def _study(cfg: Config, problems: list[str]) -> None:

@@ -2,8 +2,9 @@
 
 `load_catalog` runs the steps in order: read the interactions; check their items against the
 table's ids (`data.items.unknown`: an error naming the interaction's row, or kept / dropped and
-counted); split at `data.min_rating` (the interactions below it are counted); build the user
-sequences (k-core, remapping); and return the factories of the surviving items' modalities.
+counted); split at `data.min_rating` (the interactions below it are counted); with `data.max_dislike_rating`,
+the interactions rated at or below it become the users' observed rejections (attached to the
+sequences, `rejections.Rejections`); build the user sequences (k-core, remapping); and return the factories of the surviving items' modalities.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rodpo_dist.config import DataConfig
 from rodpo_dist.data.errors import DataError
-from rodpo_dist.data.events import EventColumns, read_events, split_by_rating, to_interactions
+from rodpo_dist.data.events import EventColumns, observed_rejections, read_events, split_by_rating, to_interactions
 from rodpo_dist.data.features import Modality
 from rodpo_dist.data.item_table import ItemTableSpec, item_modalities, read_table_ids
 from rodpo_dist.data.sources import Interactions
@@ -34,7 +37,7 @@ def event_columns(cfg: DataConfig, user: str, item: str) -> EventColumns:
     """`data.columns` with the source's defaults (`user`, `item`: its id column names) filled in."""
     c = cfg.columns
     return EventColumns(c.user or user, c.item or item, c.timestamp or "timestamp", c.rating or "rating",
-                        rating_required=cfg.min_rating is not None)
+                        rating_required=cfg.min_rating is not None or cfg.max_dislike_rating is not None)
 
 
 def interactions_spec(cfg: DataConfig) -> CatalogSpec:
@@ -60,10 +63,18 @@ def load_catalog(spec: CatalogSpec, cfg: DataConfig,
         if absent.any():
             stats["unknown_item_interactions"] = {"count": int(absent.sum()), "policy": cfg.items.unknown}
             events = events.select(~absent) if cfg.items.unknown == "drop" else events
+    disliked = None
+    if cfg.max_dislike_rating is not None:  # rated at or below it: observed rejections, beside the sequence
+        rest, disliked = split_by_rating(events, np.nextafter(cfg.max_dislike_rating, np.inf))
+        disliked, events = disliked, rest
     if cfg.min_rating is not None:
         events, below = split_by_rating(events, cfg.min_rating)
-        stats["below_min_rating"] = len(below)
+        stats["below_min_rating"] = len(below) + (len(disliked) if disliked is not None else 0)
     data = to_interactions(events, cfg.min_user_items, cfg.min_item_users)
+    if disliked is not None:
+        data.rejections = observed_rejections(disliked, data)
+        stats["rejections"] = {"rated_at_most": cfg.max_dislike_rating, "events": len(disliked),
+                               **data.rejections.stats()}
     factories = (item_modalities(spec.table, data.item_ids, cfg.text_encoder, cfg.read_chunk_rows, progress)
                  if spec.table is not None else {})
     return data, factories, stats

@@ -10,6 +10,7 @@ import torch
 from rodpo_dist.data.contexts import Contexts
 from rodpo_dist.data.loader import load_item_features, load_split
 from rodpo_dist.data.manifest import MANIFEST_FILE, Manifest, load_manifest
+from rodpo_dist.data.rejections import REJECTIONS_FILE, Rejections
 from rodpo_dist.data.synthetic import TRUTH_FILE, GroundTruth
 
 
@@ -22,6 +23,8 @@ class PreparedDataset:
     test: Contexts
     truth: GroundTruth | None
     """The ground truth of a synthetic catalog (who likes what), None for real data."""
+    rejections: Rejections | None = None
+    """The users' observed rejections (training and held out), when the dataset records them."""
 
 
 def load_dataset(prepared_dir: str | Path, modalities: list[str]) -> PreparedDataset:
@@ -34,4 +37,5 @@ def load_dataset(prepared_dir: str | Path, modalities: list[str]) -> PreparedDat
     features = load_item_features(root, modalities)
     valid, test = (Contexts.from_split(load_split(root, split)) for split in ("valid", "test"))
     truth = GroundTruth.load(root) if (root / TRUTH_FILE).is_file() else None
-    return PreparedDataset(root, manifest, features, valid, test, truth)
+    rejections = Rejections.load(root) if (root / REJECTIONS_FILE).is_file() else None
+    return PreparedDataset(root, manifest, features, valid, test, truth, rejections)

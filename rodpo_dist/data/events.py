@@ -5,6 +5,8 @@
   the raw ratings when the file has a rating column.
 - `split_by_rating`: the interactions rated at or above `min_rating`, and the rest (kept apart, not
   thrown away, so that a later step can use them as observed dislikes).
+- `observed_rejections`: the interactions rated at or below `data.max_dislike_rating`, as the users'
+  observed rejections in the dataset's ids (`rejections.Rejections`).
 - `to_interactions`: per-user chronological order (stable on ties: file order), repeated (user, item)
   pairs keep their first occurrence, k-core filtering to a fixpoint, then users and items renumbered
   1..U / 1..N in sorted order of their raw ids (item 0 is padding).
@@ -16,8 +18,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from rodpo_dist.data.errors import DataError
+from rodpo_dist.data.rejections import Rejections
 from rodpo_dist.data.sources import MIN_SEQ_LEN, Interactions
 from rodpo_dist.data.tables import Table, ids, numbers, timestamps
 from rodpo_dist.data.vocab import Vocabulary
@@ -106,12 +111,12 @@ def to_interactions(events: Events, min_user_items: int, min_item_users: int) ->
     user_rank, item_rank = events.users.sorted_ranks(), events.items.sorted_ranks()
     u, i = user_rank[events.user], item_rank[events.item]
     order = np.lexsort((events.time, u))  # stable: ties keep file order
-    u, i = u[order], i[order]
+    u, i, t = u[order], i[order], events.time[order]
     first = np.zeros(len(u), dtype=bool)
     first[np.unique(u * len(item_rank) + i, return_index=True)[1]] = True
-    u, i = u[first], i[first]
+    u, i, t = u[first], i[first], t[first]
     keep = _k_core(u, i, max(min_user_items, MIN_SEQ_LEN), min_item_users)
-    u, i = u[keep], i[keep]
+    u, i, t = u[keep], i[keep], t[keep]
     if not len(u):
         raise DataError(events.path, f"no interactions left after k-core filtering (min_user_items={min_user_items}, "
                         f"min_item_users={min_item_users})")
@@ -121,4 +126,16 @@ def to_interactions(events: Events, min_user_items: int, min_item_users: int) ->
     user_raw = events.users.values.take(np.argsort(user_rank)[kept_users])
     item_raw = events.items.values.take(np.argsort(item_rank)[kept_items])
     return Interactions(offsets, (i_new + 1).astype(np.int32), len(kept_items),
-                        user_ids=user_raw.to_pylist(), item_ids=item_raw.to_pylist())
+                        user_ids=user_raw.to_pylist(), item_ids=item_raw.to_pylist(), times=t.astype(np.float64))
+
+
+def observed_rejections(disliked: Events, data: Interactions) -> Rejections:
+    """The interactions of `disliked` (same vocabularies as the events `data` was built from) as the
+    users' observed rejections in `data`'s ids; users and items that k-core removed are dropped
+    (see `rejections.Rejections.build`)."""
+    users = pa.array(data.user_ids or [], pa.string())
+    items = pa.array(data.item_ids or [], pa.string())
+    user_new = pc.fill_null(pc.index_in(disliked.users.values, value_set=users), -1).to_numpy().astype(np.int64) + 1
+    item_new = pc.fill_null(pc.index_in(disliked.items.values, value_set=items), -1).to_numpy().astype(np.int64) + 1
+    return Rejections.build(data, user_new[disliked.user] if len(disliked) else np.zeros(0, np.int64),
+                            item_new[disliked.item] if len(disliked) else np.zeros(0, np.int64), disliked.time)

@@ -3,7 +3,8 @@
 Folder layout: `{train,valid,test}-NNNNNN.tar` (one sample per user: `seq.npy` int32, `meta.json`
 `{"user", "target"}`), `items-NNNNNN.tar` (one sample per block of consecutive item ids: `ids.npy`
 int64 and one `<modality>.npy` per modality), optional `truth.npz` (synthetic ground truth) and
-`id_maps.json` (raw ids of users/items 1..U / 1..N), and `manifest.json`, written last.
+`id_maps.json` (raw ids of users/items 1..U / 1..N), optional `rejections.npz` (observed rejections,
+`rejections.Rejections`), and `manifest.json`, written last.
 The folder is built beside the target under a hidden temporary name and renamed into place only
 when complete, so a failed run leaves nothing that looks like a prepared dataset.
 """
@@ -29,6 +30,7 @@ from rodpo_dist.data.features import (Modality, as_dtype, bags, dense_by_raw_id,
                                       text_modality)
 from rodpo_dist.data.manifest import ITEMS, MANIFEST_FILE, Manifest, ShardInfo, load_manifest
 from rodpo_dist.data.recbole import recbole_spec
+from rodpo_dist.data.rejections import REJECTIONS_FILE
 from rodpo_dist.data.shards import json_bytes, npy_bytes, sha256_file, write_shard
 from rodpo_dist.data.sources import (Interactions, read_s3rec_attributes, read_s3rec_items, read_s3rec_sequences,
                                      s3rec_paths)
@@ -166,7 +168,11 @@ def _build(cfg: DataConfig, out: Path, progress: bool) -> Manifest:
     loaded.write_extra(out)
     if data.user_ids is not None or data.item_ids is not None:
         (out / ID_MAPS_FILE).write_text(json.dumps({"users": data.user_ids, "items": data.item_ids}))
-    files = {p.name: sha256_file(p) for p in (out / TRUTH_FILE, out / ID_MAPS_FILE) if p.is_file()}
+    if data.rejections is not None:
+        data.rejections.save(out)
+        loaded.stats.setdefault("rejections", {}).update(data.rejections.stats())
+    files = {p.name: sha256_file(p) for p in (out / TRUTH_FILE, out / ID_MAPS_FILE, out / REJECTIONS_FILE)
+             if p.is_file()}
     manifest = Manifest(
         name=cfg.name or (Path(cfg.path).stem if cfg.path else cfg.source),
         source={"type": cfg.source, "paths": loaded.paths, "config": dataclasses.asdict(cfg)},
@@ -223,6 +229,10 @@ def stats(directory: str | Path) -> str:
     if "below_min_rating" in m.stats:
         rows.append((f"interactions rated < {m.source['config']['min_rating']}", f"{m.stats['below_min_rating']:,} "
                                                                                  "(left out)"))
+    if "rejections" in m.stats:
+        r = m.stats["rejections"]
+        rows.append(("observed rejections", f"{r['train']:,} for training ({r['users_with_train']:,} users), "
+                                            f"{r['heldout']:,} held out ({r['users_with_heldout']:,} users)"))
     for group, shards in m.shards.items():
         rows.append((f"{group} shards", f"{len(shards)} ({sum(s.count for s in shards):,} records)"))
     rows.append(("created", m.created))

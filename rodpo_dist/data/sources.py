@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,10 @@ class Interactions:
     """Raw id of each user (index u-1), when ids were remapped."""
     item_ids: list[str] | None = None
     """Raw id of each item (index i-1), when known."""
+    times: np.ndarray | None = None
+    """Time of each item of `items` (same order), when the source has times (interaction files)."""
+    rejections: Any = None
+    """The users' observed rejections (`rejections.Rejections`), when the source records them."""
 
     @property
     def num_users(self) -> int:

@@ -17,6 +17,9 @@ the output does not depend on shard sizes and memory stays flat at 1M items):
 - Exposure bias: user `u` only ever sees item `i` when `hash(seed, u, i) < exposure`, a pseudo-random
   pair property with no structure a model could learn, so relevant-but-unexposed items exist and
   look exactly like relevant exposed ones.
+- Rejections (`dislike_rate` > 0): after a consumed item, with that probability, an item the user was
+  shown from the same cluster (exposed) and does not like (not relevant), never consumed: observed
+  negative feedback whose truth is known (`SyntheticCatalog._rejections`).
 - Sequences: each step picks a cluster from `(1 - drift) * softmax(p_u . mu / T) +
   drift * [successor of the last item's cluster]`, then an item by a softmax over `CANDIDATES`
   items drawn from that cluster (exposed, not yet consumed) with logits
@@ -33,6 +36,7 @@ from tqdm import tqdm
 
 from rodpo_dist.config import SyntheticConfig
 from rodpo_dist.data.features import Modality, ModalitySpec
+from rodpo_dist.data.rejections import Rejections
 from rodpo_dist.data.sources import Interactions
 
 GEN_BLOCK = 65536
@@ -170,7 +174,38 @@ class SyntheticCatalog:
             flat.append(seqs[np.arange(seqs.shape[1]) < lens[:, None]])
         self._fill_thresholds(progress)
         lens = np.concatenate(lengths)
-        return Interactions(np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), np.concatenate(flat), self.cfg.num_items)
+        data = Interactions(np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), np.concatenate(flat), self.cfg.num_items)
+        if self.cfg.dislike_rate > 0:
+            data.rejections = self._rejections(data)
+        return data
+
+    def _rejections(self, data: Interactions) -> Rejections:
+        """Observed rejections from the ground truth (`dislike_rate`): after each consumed item, with that
+        probability, the user turns down one item it was shown: of `CANDIDATES` items drawn from the
+        consumed item's cluster, the exposed ones it does not like (not relevant) and never consumed,
+        the most attractive by the choice model's own score. Recorded between that step and the next."""
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, 5])
+        users = np.repeat(np.arange(1, data.num_users + 1), data.lengths)
+        step = np.arange(len(data.items)) - np.repeat(data.offsets[:-1], data.lengths)
+        chosen = np.flatnonzero(rng.random(len(users)) < cfg.dislike_rate)
+        width = int(data.lengths.max())
+        seqs = np.zeros((data.num_users + 1, width), np.int64)
+        seqs[users, step] = data.items
+        out_items = np.zeros(len(chosen), np.int64)
+        for lo in range(0, len(chosen), 8192):
+            rows = chosen[lo:lo + 8192]
+            u, clusters = users[rows], self.item_cluster[data.items[rows]]
+            pos = self.cluster_starts[clusters][:, None] + self._ranks(self.cluster_sizes[clusters], rng)
+            cand = self.cluster_items[pos]
+            ok = self.truth.is_exposed(u, cand) & ~self.truth.is_relevant(u, cand)
+            ok &= ~(cand[:, :, None] == seqs[u][:, None, :]).any(-1)
+            gumbel = -np.log(np.maximum(rng.standard_exponential(cand.shape), 1e-30))
+            score = np.where(ok, self.truth.utility(u, cand) / cfg.temperature + gumbel, -np.inf)
+            best = cand[np.arange(len(rows)), score.argmax(1)]
+            out_items[lo:lo + len(rows)] = np.where(ok.any(1), best, 0)
+        position = step[chosen] + 1  # after the consumed item, before the next one
+        return Rejections.build(data, users[chosen], out_items, position - 0.5, position=position)
 
     def _user_block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         cfg, d = self.cfg, self.cfg.latent_dim

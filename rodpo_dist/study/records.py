@@ -58,7 +58,7 @@ def make_record(cfg: Config, method: str, result: dict[str, dict[str, float]], f
             "valid": result["valid"], "test": result["test"],
             **{f"{split}_last": result[f"{split}_last"] for split in SPLITS if f"{split}_last" in result},
             "false_negatives": {k: v for k, v in final.items()
-                                if "false_negative" in k or "held_out" in k or k == "negatives_checked"},
+                                if "false_negative" in k or "held_out" in k or k in ("negatives_checked", "observed_negative_share")},
             "wall_time_s": round(seconds, 1), "command": command, "run_dir": str(run_dir),
             "config_hash": config_hash(cfg), "selection_metric": cfg.eval.metric,
             "hyperparameters": {s: dataclasses.asdict(getattr(cfg, s)) for s in sections}}
@@ -75,6 +75,23 @@ def copy_ranks(run_dir: Path, out: Path, record: dict[str, Any]) -> None:
     path = out / ranks_path(record)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **arrays)
+    dislikes = run_dir / "dislikes.npz"  # per-user dislike rates (datasets with observed rejections)
+    if dislikes.is_file():
+        with np.load(dislikes) as z:
+            np.savez_compressed(out / dislikes_path(record), **{k: z[k] for k in z.files})
+
+
+def dislikes_path(record: dict[str, Any]) -> str:
+    return ranks_path(record).removesuffix(".npz") + "_dislikes.npz"
+
+
+def load_dislikes(out: Path, record: dict[str, Any], split: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(users, per-user dislike rates) of a record's split, None when the run has none."""
+    path = out / dislikes_path(record)
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        return z[f"{split}_users"], z[f"{split}_rates"].astype(np.float64)
 
 
 def load_ranks(out: Path, record: dict[str, Any], split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 TABLE_METRICS = ["hr@5", "ndcg@5", "mrr@5", "hr@10", "ndcg@10", "mrr@10"]
-METHOD_ORDER = ("backbone", "ce", "random", "hard", "rodpo", "sdpo")
+METHOD_ORDER = ("backbone", "ce", "random", "hard", "rodpo", "sdpo", "observed", "mixed")
 TARGET_GAIN = 5.0  # % test NDCG@5 over the backbone that RoDPO is asked to reach
 COMPARISONS_FILE = "comparisons.json"
 # Published SASRec test (NDCG@5, NDCG@10), full ranking, leave-one-out (the S3-Rec paper's protocol)
@@ -130,6 +130,41 @@ def held_out_table(records: list[dict[str, Any]], dataset: str) -> str:
     return "\n".join(lines)
 
 
+def dislike_table(records: list[dict[str, Any]], entries: list[dict[str, Any]], dataset: str) -> str:
+    """Datasets with observed rejections: test NDCG@10 and the dislike rate (`dislike_hr@10`, the share of
+    each user's held-out rejected items in its top 10, lower is better) per method, with paired
+    intervals against the backbone, ce and rodpo."""
+    rows = [r for r in records if r["dataset"] == dataset and "dislike_hr@10" in r["test"]]
+    if not rows:
+        return ""
+    head = ["variant", "method", "seeds", "users with held-out rejections", "NDCG@10", "NDCG@10 vs ce [95% CI]",
+            "dislike_hr@10 (lower is better)", "vs backbone [95% CI]", "vs ce [95% CI]", "vs rodpo [95% CI]",
+            "observed share of negatives"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        for method in METHOD_ORDER:
+            rs = [r for r in rows if (r["variant"], r["method"]) == (variant, method)]
+            if not rs:
+                continue
+
+            def stat(key: str, rs=rs) -> str:
+                vals = [r["test"][key] for r in rs]
+                return f"{np.mean(vals):.4f} ± {np.std(vals):.4f}"
+
+            def versus(baseline: str, metric: str) -> str:
+                return interval(_find(entries, dataset=dataset, variant=variant, method=method, baseline=baseline,
+                                      metric=metric))
+
+            share = [r["false_negatives"]["observed_negative_share"] for r in rs
+                     if "observed_negative_share" in r.get("false_negatives", {})]
+            lines.append("| " + " | ".join([variant, method, str(len(rs)), f"{rs[0]['test']['dislike_users']:.0f}",
+                                            stat("ndcg@10"), versus("ce", "ndcg@10"), stat("dislike_hr@10"),
+                                            versus("backbone", "dislike_hr@10"), versus("ce", "dislike_hr@10"),
+                                            versus("rodpo", "dislike_hr@10"),
+                                            f"{np.mean(share):.3f}" if share else "—"]) + " |")
+    return "\n".join(lines)
+
+
 def final_weights_table(records: list[dict[str, Any]], dataset: str) -> str:
     """Alignment runs: NDCG@5 of the weights each run ended with (not selected), beside the selected
     checkpoint's, as changes of the mean over seeds against the backbone's: what the method did."""
@@ -183,6 +218,13 @@ def write_results(out: Path) -> Path:
         check = target_check(entries, dataset)
         if check:
             lines += [check, "", "What was tried towards the target: `docs/alignment_tuning.md`.", ""]
+        dislikes = dislike_table(records, entries, dataset)
+        if dislikes:
+            lines += ["Observed rejections: `dislike_hr@10` is the share of each user's held-out rejected items "
+                      "(made at or after its validation target, never trained on) that the selected model ranks in "
+                      "its top 10 on test, averaged over the users that have one; lower is better, and **bold** "
+                      "marks an interval below 0 (a significant drop). `observed` and `mixed` are rodpo with "
+                      "`align.rejected` observed / mixed.", "", dislikes, ""]
         last = final_weights_table(records, dataset)
         if last:
             lines += ["The selected checkpoint may be the step-0 backbone (it competes for best); the weights each "

@@ -26,8 +26,8 @@ from typing import Any
 from rodpo_dist.config import Config, apply_override, config_from_dict, config_hash, parse_override
 from rodpo_dist.data.manifest import load_manifest
 from rodpo_dist.study.records import copy_ranks, dataset_name, make_record, save_records, variant_name
-from rodpo_dist.study.report import (false_negative_table, final_weights_table, plot_training, results_table,
-                                     write_results)
+from rodpo_dist.study.report import (dislike_table, false_negative_table, final_weights_table, plot_training,
+                                     results_table, write_results)
 from rodpo_dist.train.run_dir import run_folder
 from rodpo_dist.train.run_log import read_metrics
 
@@ -67,10 +67,17 @@ def backbone_run(cfg: Config, seed: int) -> PlannedRun:
     return PlannedRun(_named(cfg, "backbone", seed, stage="pretrain", init=""), "backbone")
 
 
+METHOD_ALIGN = {"observed": {"strategy": "rodpo", "rejected": "observed"},
+                "mixed": {"strategy": "rodpo", "rejected": "mixed"}}
+"""Study methods that are a strategy plus other alignment settings; every other method is the strategy
+of its name with the pool's own negatives (`align.rejected: pool`)."""
+
+
 def align_run(cfg: Config, backbone: PlannedRun, method: str) -> PlannedRun:
     init = str(backbone.folder / "best")
+    settings = METHOD_ALIGN.get(method, {"strategy": method, "rejected": "pool"})
     return PlannedRun(_named(cfg, method, backbone.cfg.runtime.seed, stage="align", init=init,
-                             align={"strategy": method}), method)
+                             align=settings), method)
 
 
 BASE_VARIANT = "base"
@@ -147,8 +154,10 @@ def run_study(cfg: Config, seeds: list[int], methods: list[str], out: str | Path
 
     all_records = load_records(out)
     name = dataset_name(cfg)
-    print(results_table(all_records, comparisons(all_records, out), name))
-    for title, table in (("Weights each alignment run ended with:", final_weights_table(all_records, name)),
+    entries = comparisons(all_records, out)
+    print(results_table(all_records, entries, name))
+    for title, table in (("Observed rejections (dislike_hr@10: lower is better):", dislike_table(all_records, entries, name)),
+                         ("Weights each alignment run ended with:", final_weights_table(all_records, name)),
                          ("False negatives among each method's negatives, every step, by pool rank:",
                           false_negative_table(all_records, name))):
         if table:

@@ -4,7 +4,9 @@ Method and baseline are paired by (seed, user): the same user in runs from the s
 The relative change is `100 * (mean(method) / mean(baseline) - 1)` over all pairs pooled across
 seeds; its 95% interval comes from resampling users with replacement within each seed (a
 stratified paired bootstrap), recomputing the pooled change each time, and taking the 2.5 and
-97.5 percentiles. A lead is significant when the interval lies above 0.
+97.5 percentiles. A lead is significant when the interval lies above 0; for the dislike rate
+(`dislike_hr@10`, per-user shares of held-out rejected items in the top 10, lower is better) when it
+lies below 0.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from rodpo_dist.study.records import load_ranks
+from rodpo_dist.study.records import load_dislikes, load_ranks
 
-BASELINES = ("backbone", "ce", "random", "hard")
-METRICS = ("ndcg@5", "mrr@5")
+BASELINES = ("backbone", "ce", "random", "hard", "rodpo")
+METRICS = ("ndcg@5", "mrr@5", "ndcg@10")
+DISLIKE_METRIC = "dislike_hr@10"
+"""Lower is better: its entries are `significant` when the interval lies below 0."""
 
 
 def per_user(ranks: np.ndarray, metric: str) -> np.ndarray:
@@ -78,4 +82,15 @@ def comparisons(records: list[dict[str, Any]], out: Path, split: str = "test") -
                     entries.append({"dataset": dataset, "variant": variant, "method": method, "baseline": baseline,
                                     "metric": metric, "split": split, "seeds": seeds, "rel_change": round(change, 3),
                                     "ci_low": round(lo, 3), "ci_high": round(hi, 3), "significant": lo > 0})
+                dislikes = [(load_dislikes(out, by_key[(dataset, variant, method, s)], split),
+                             load_dislikes(out, by_key[(dataset, variant, baseline, s)], split)) for s in seeds]
+                if dislikes and all(m is not None and b is not None for m, b in dislikes):
+                    for (mu, _), (bu, _) in dislikes:
+                        if not np.array_equal(mu, bu):
+                            raise ValueError(f"{dataset} {variant}: {method} and {baseline} dislike rates of other users")
+                    change, lo, hi = paired_bootstrap([m for (_, m), _ in dislikes], [b for _, (_, b) in dislikes])
+                    entries.append({"dataset": dataset, "variant": variant, "method": method, "baseline": baseline,
+                                    "metric": DISLIKE_METRIC, "split": split, "seeds": seeds,
+                                    "rel_change": round(change, 3), "ci_low": round(lo, 3), "ci_high": round(hi, 3),
+                                    "significant": hi < 0, "lower_is_better": True})
     return entries

@@ -4,7 +4,7 @@ Reads top to bottom: the policy (dropout and gating noise off by default) and th
 item table cached), the training contexts (the last or every position of each training sequence)
 and the candidate pool, then one micro-batch: states of every context from one forward pass,
 negatives by strategy, the DPO / S-DPO loss plus the anchoring next-item CE (or the CE alone: the
-`ce` control), the logged rewards as log-probability ratios, the false-negative counts. Around the
+`ce` control; `align.rejected` puts the user's observed rejections in place of some or all of them), the logged rewards as log-probability ratios, the false-negative counts. Around the
 steps: the pool refresh, validation every `eval_every_steps` (the step-0 policy competes for
 `best`), and the optional TR-DPO soft update of the reference. The skeleton does the rest.
 """
@@ -28,7 +28,8 @@ from rodpo_dist.model.weights import load_weights
 from rodpo_dist.train.checkpoint import TrainState
 from rodpo_dist.train.false_negatives import FalseNegativeCounter, held_out_rates, pool_rates
 from rodpo_dist.train.losses import log_partition, sampled_softmax_loss, training_proposal
-from rodpo_dist.train.negatives import select_negatives
+from rodpo_dist.train.negatives import (draw_observed, mix_observed, observed_per_context, observed_slots,
+                                       select_negatives)
 from rodpo_dist.train.pool import CandidatePool
 from rodpo_dist.train.recipe import Recipe, steps_per_epoch
 from rodpo_kernels import dpo_loss
@@ -90,9 +91,34 @@ class Alignment(Recipe):
         # negatives are drawn per rank (each rank has its own contexts): one stream per rank, saved per rank
         self.sampler = torch.Generator().manual_seed(cfg.runtime.seed + 7919 * self.rt.rank)
         self.false_negatives = FalseNegativeCounter()
+        self.rejected = a.rejected if a.strategy != "ce" else "pool"
+        self.observed_counts = torch.zeros(2, dtype=torch.float64)  # (observed negatives drawn, all negatives)
+        if self.rejected != "pool":
+            self._index_rejections()
         per_rank = math.ceil(self.contexts.num_sequences / self.rt.world_size)
         self.build_engine(self.model, steps_per_epoch(per_rank, a), len(self.contexts))
         self.log_due = False
+
+    def _index_rejections(self) -> None:
+        """Per training context, where its user's usable observed rejections start in the flat list and
+        how many there are (`align.observed_scope`: every training one, or those before its target)."""
+        rejections = self.data.rejections
+        if rejections is None:
+            raise ValueError(f"align.rejected={self.rejected}: the dataset at {self.data.dir} records no observed "
+                             "rejections (prepare it with data.max_dislike_rating, or data.synthetic.dislike_rate > 0)")
+        offsets, items, position = rejections.by_user(self.data.manifest.num_users, heldout=False)
+        starts, available = observed_per_context(self.contexts, offsets, position, self.cfg.align.observed_scope)
+        self.rej_items = torch.as_tensor(items, dtype=torch.long)
+        self.ctx_rej_start, self.ctx_rej_available = torch.as_tensor(starts), torch.as_tensor(available)
+
+    def _with_observed(self, b: SequenceBatch, neg: torch.Tensor, ranks: torch.Tensor):
+        """The strategy's negatives with `align.rejected`'s share of slots taken by observed rejections."""
+        a = self.cfg.align
+        starts, available = self.ctx_rej_start[b.context_ids], self.ctx_rej_available[b.context_ids]
+        count = observed_slots(available, a.num_negatives, self.rejected, a.observed_share, self.sampler)
+        observed = draw_observed(self.rej_items, starts, available, a.num_negatives, self.sampler)
+        self.observed_counts += torch.tensor([float(count.sum()), float(neg.numel())], dtype=torch.float64)
+        return mix_observed(neg, ranks, observed, count)
 
     # ------------------------------------------------------------------ batches
 
@@ -159,6 +185,8 @@ class Alignment(Recipe):
                                       num_items=self.num_items, m=a.num_negatives, sampling=a.sampling,
                                       temperature=a.temperature, window_start=a.window_start,
                                       generator=self.sampler)
+        if self.rejected != "pool":
+            neg, ranks = self._with_observed(b, neg, ranks)
         if self.truth is not None:
             self.false_negatives.add(self.truth, b.users.numpy(), neg.numpy(), ranks.numpy())
         neg = neg.to(self.rt.device)
@@ -245,7 +273,8 @@ class Alignment(Recipe):
         return {"pool": self.pool.state_dict()} if self.pool is not None else {}
 
     def rank_state(self) -> dict[str, Any]:
-        state = {"sampler": self.sampler.get_state(), "false_negatives": self.false_negatives.counts}
+        state = {"sampler": self.sampler.get_state(), "false_negatives": self.false_negatives.counts,
+                 "observed_counts": self.observed_counts}
         if self.cfg.align.reference_update_every:
             state["reference"] = self.reference.state_dict()
         return state
@@ -256,6 +285,7 @@ class Alignment(Recipe):
         if "sampler" in own:  # absent when resumed on another number of ranks
             self.sampler.set_state(own["sampler"])
             self.false_negatives.counts = own["false_negatives"]
+            self.observed_counts = own.get("observed_counts", self.observed_counts)
         if self.cfg.align.reference_update_every:
             if "reference" not in own:
                 raise ValueError("this run updates its reference (align.reference_update_every): resume it on the "
@@ -267,6 +297,9 @@ class Alignment(Recipe):
         history = state.extra.get("pool_false_negative_rates", [])
         keys = dict.fromkeys(k for h in history for k in h)
         pooled = {key: float(np.mean([h[key] for h in history if key in h])) for key in keys}
+        if self.rejected != "pool":
+            drawn, total = self.rt.sum(self.observed_counts.to(self.rt.device)).cpu().tolist()
+            pooled["observed_negative_share"] = drawn / total if total else float("nan")
         if self.truth is None:
             return pooled
         counts = self.rt.sum(self.false_negatives.counts.to(self.rt.device)).cpu()

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from rodpo_dist.config import Config
 from rodpo_dist.data.dataset import PreparedDataset, load_dataset
 from rodpo_dist.eval.evaluate import evaluate, markdown_table, save_ranks, write_report
+from rodpo_dist.eval.dislikes import DISLIKE_K, dislike_metric, dislike_rates
 from rodpo_dist.eval.truth import liked_ndcg
 from rodpo_dist.model import SASRec, make_model
 from rodpo_dist.model.weights import load_weights
@@ -16,6 +19,8 @@ from rodpo_dist.train.checkpoint import TrainState
 from rodpo_dist.train.run_log import RunLog
 
 RANKS_FILE = "ranks.npz"
+DISLIKES_FILE = "dislikes.npz"
+"""Per-user dislike rates of the selected checkpoint (datasets with observed rejections)."""
 
 
 def track_best(state: TrainState, metrics: dict[str, float], metric: str, log: RunLog,
@@ -66,6 +71,9 @@ def report_best(model: SASRec, run_dir: Path, data: PreparedDataset, cfg: Config
             results["test"][f"liked_ndcg@{k}"] = liked_ndcg(model, table, data.test, data.truth, k=k,
                                                              max_len=cfg.model.max_len,
                                                              batch_size=cfg.eval.batch_size, rt=rt)
+    if data.rejections is not None:  # the dislike rate of the selected model on held-out rejections
+        for split, metrics in _dislikes(model, data, cfg, rt, splits, run_dir / DISLIKES_FILE if rt.is_main else None).items():
+            results[split] |= metrics
     results |= {f"{split}_last": metrics for split, metrics in ended.items()}
     if rt.is_main:
         log.log(step, {f"{s}/{k}": v for s, m in results.items() for k, v in m.items()} | (extra or {}), kind="final")
@@ -73,6 +81,23 @@ def report_best(model: SASRec, run_dir: Path, data: PreparedDataset, cfg: Config
                      note=(extra or {}).get("stop_reason", ""))
     log.close()
     return results
+
+
+def _dislikes(model: SASRec, data: PreparedDataset, cfg: Config, rt: Runtime, splits: tuple[str, ...],
+              path: Path | None) -> dict[str, dict[str, float]]:
+    """`dislike_hr@10` added to each split's metrics; the per-user rates saved to `path` (`dislikes.npz`)."""
+    table = model.item_encoder.item_table(cfg.eval.item_chunk)
+    out, arrays = {}, {}
+    for split in splits:
+        contexts = getattr(data, split)
+        rejected = data.rejections.heldout_lists(contexts.users, data.manifest.num_users)
+        users, rates = dislike_rates(model, table, contexts, rejected, k=DISLIKE_K, max_len=cfg.model.max_len,
+                                     batch_size=cfg.eval.batch_size, rt=rt)
+        out[split] = dislike_metric(rates)
+        arrays[f"{split}_users"], arrays[f"{split}_rates"] = users, rates
+    if path is not None:
+        np.savez(path, **arrays)
+    return out
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, splits: list[str]) -> dict[str, dict[str, float]]:
