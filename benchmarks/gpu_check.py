@@ -15,14 +15,20 @@ Run it through ``bash kernels/gpu_check.sh [--dry-run]`` (that script makes ``ro
   each, CPU fp32 and CUDA bf16 from the same data and initial weights (dropout off, so the two differ
   only by precision and device): per-step losses compared within a stated tolerance, sequences/s.
 
+- ``scale_steps``: pretraining steps of the demo-size model at 1M, 10M and 100M items on one GPU: the
+  sampled softmax with the sparse item table and lazy AdamW, and the full softmax with a dense table
+  (up to 10M): seconds per step, peak memory, table rows with a gradient.
+
 ``--dry-run`` stops before anything needs CUDA: it checks the imports, runs the training section's
-CPU half on a tiny catalog and writes the JSON, so device minutes are not spent on a typo.
+CPU half and the scale steps on a tiny catalog and writes the JSON, so device minutes are not spent
+on a typo.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -239,12 +245,71 @@ def training(work: Path, log: Path, devices: list[str], tiny: bool) -> dict:
     return result
 
 
+def scale_steps(sizes: list[int], device: str, steps: int, full_max: int) -> list[dict]:
+    """Pretraining steps of the demo-size model (64-d, 2 layers, ID table only) at catalog sizes: the
+    sampled softmax (4,096 popularity negatives) with the sparse item table and lazy AdamW, and the
+    full softmax with a dense table up to `full_max` items; 256 sequences of 20 Zipf-drawn items."""
+    from rodpo_dist.config import load_config
+    from rodpo_dist.model import build_model, optimizer_param_groups
+    from rodpo_dist.train.engine import clip_grad_norm
+    from rodpo_dist.train.losses import next_item_loss, sampling_distribution
+    from rodpo_dist.train.optim import build_optimizer
+
+    rows = []
+    for n_items in sizes:
+        for loss in ("sampled", "full"):
+            if loss == "full" and n_items > full_max:
+                continue
+            sparse = loss == "sampled"
+            cfg = load_config(None, [f"pretrain.loss={loss}", "pretrain.num_sampled=4096", "model.max_len=20",
+                                     f"model.sparse_item_table={str(sparse).lower()}", "pretrain.item_chunk=65536"])
+            gen = torch.Generator(device=device).manual_seed(0)
+            with torch.device(device):
+                model = build_model(cfg, {}, {}, n_items)
+                seq = torch.exp(torch.rand(256, 21, generator=gen, device=device) * math.log(n_items)).long().clamp(1, n_items)
+                counts = torch.bincount(seq.flatten(), minlength=n_items + 1).cpu()
+            q = sampling_distribution(counts, "popularity", 0.75).to(device)
+            optimizer = build_optimizer(optimizer_param_groups(model, 0.0), 1e-3, sparse)
+            params = list(model.parameters())
+            table = model.item_encoder.id_embedding.weight
+            times, used = [], 0
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            for i in range(steps + 1):
+                _sync(device)
+                tic = time.perf_counter()
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+                    ce, _ = next_item_loss(model, seq, cfg, q)
+                (ce / 5120).backward()
+                used = int(table.grad.coalesce().indices().shape[1]) if table.grad.is_sparse else n_items
+                clip_grad_norm(params, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                _sync(device)
+                if i:
+                    times.append(time.perf_counter() - tic)
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+            rows.append({"items": n_items, "loss": loss, "table": "sparse" if sparse else "dense",
+                         "s_per_step": round(sorted(times)[len(times) // 2], 4), "peak_gib": round(peak, 2),
+                         "table_rows_with_gradient": used, "loss_value": round(float(ce.detach()) / 5120, 4)})
+            print(rows[-1], flush=True)
+            del model, optimizer, params, table, seq, q, ce  # ce.grad_fn holds the parameters
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "runs" / "gpu_check"))
     parser.add_argument("--dry-run", action="store_true", help="stop before anything needs CUDA")
-    parser.add_argument("--sections", nargs="+", default=["kernel_tests", "topk", "dpo", "training"],
-                        choices=["kernel_tests", "topk", "dpo", "training"])
+    parser.add_argument("--sections", nargs="+", default=["kernel_tests", "topk", "dpo", "training", "scale_steps"],
+                        choices=["kernel_tests", "topk", "dpo", "training", "scale_steps"])
     parser.add_argument("--items", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
     parser.add_argument("--users", type=int, default=1024)
@@ -255,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--neg", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--test-timeout", type=int, default=240, help="seconds for the kernel tests")
+    parser.add_argument("--scale-items", type=int, nargs="+", default=[1_000_000, 10_000_000, 100_000_000])
+    parser.add_argument("--scale-full-max", type=int, default=10_000_000, help="largest catalog of the full softmax")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     report = Report(args.out)
@@ -273,8 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         steps["training"] = lambda: training(Path(tmp), args.out / "training.log",
                                              ["cpu"] if args.dry_run else ["cpu", "cuda"], tiny=args.dry_run)
+        steps["scale_steps"] = lambda: scale_steps([2_000] if args.dry_run else args.scale_items,
+                                                   "cpu" if args.dry_run else "cuda", 1 if args.dry_run else 5,
+                                                   args.scale_full_max)
         for name in args.sections:
-            if args.dry_run and name != "training":
+            if args.dry_run and name not in ("training", "scale_steps"):
                 report.put(name, "skipped: --dry-run (needs CUDA)")
                 continue
             tic = time.perf_counter()

@@ -23,5 +23,8 @@ def test_dry_run_writes_the_json_without_cuda_or_deepspeed(tmp_path):
     assert all(report[s] == "skipped: --dry-run (needs CUDA)" for s in ("kernel_tests", "topk", "dpo"))
     runs = report["training"]["runs"]
     assert set(runs) == {"pretrain_cpu", "align_cpu"}
+    scale = report["scale_steps"]["rows"]  # the large-catalog steps, CPU-sized: sparse table rows < catalog
+    assert [(r["loss"], r["table"]) for r in scale] == [("sampled", "sparse"), ("full", "dense")]
+    assert scale[0]["table_rows_with_gradient"] < scale[1]["table_rows_with_gradient"] == 2000
     assert all(r["steps"] > 0 and r["last_loss"] > 0 for r in runs.values())
     assert (out / "gpu_check.log").is_file()

@@ -109,6 +109,16 @@ def chunked_cross_entropy(hidden: torch.Tensor, targets: torch.Tensor, items: It
     return losses.sum() if reduction == "sum" else losses.mean()
 
 
+def _draw(q: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """`n` ids drawn with replacement from `q`: `torch.multinomial` up to its limit of 2^24 categories,
+    beyond it by inverse transform (binary search of uniforms in the cumulative sum)."""
+    if q.numel() <= 2**24:
+        return torch.multinomial(q, n, replacement=True, generator=generator)
+    cdf = q.double().cumsum(0)
+    u = torch.rand(n, generator=generator, dtype=torch.float64, device=q.device) * cdf[-1]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=q.numel() - 1)
+
+
 def sampled_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, items: Items, num_sampled: int,
                          q: torch.Tensor, generator: torch.Generator | None = None,
                          num_items: int | None = None, reduction: Reduction = "mean") -> torch.Tensor:
@@ -126,7 +136,7 @@ def sampled_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, items: Ite
     hidden, targets = _real_targets(hidden, targets)
     if targets.numel() == 0:
         return hidden.sum() * 0.0
-    sampled = torch.multinomial(q, num_sampled, replacement=True, generator=generator).to(hidden.device)
+    sampled = _draw(q, num_sampled, generator).to(hidden.device)
     positive = (hidden * item_fn(targets)).sum(-1, keepdim=True)
     negative = hidden @ item_fn(sampled).t() - torch.log(num_sampled * q.to(hidden.device)[sampled])
     negative = negative.masked_fill(sampled[None, :] == targets[:, None], float("-inf"))

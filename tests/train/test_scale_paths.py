@@ -234,3 +234,14 @@ def test_alignment_with_the_ivf_pool_resumes_exactly(tmp_path):
     cut = cfg("cut", "stage=align", f"init={init}")
     assert align(cut, preemption=_StopAt(4)) == {}
     assert align(cut, resume="auto") == full
+
+
+def test_draws_beyond_multinomials_limit_follow_q():
+    """Catalogs over 2^24 items (torch.multinomial's limit) are sampled by inverse transform."""
+    from rodpo_dist.train.losses import _draw
+
+    q = torch.zeros(2**24 + 11)
+    q[[3, 2**24 + 5]] = torch.tensor([0.25, 0.75])
+    draws = _draw(q, 4000, torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) == {3, 2**24 + 5}
+    assert abs((draws == 3).float().mean().item() - 0.25) < 0.03
