@@ -23,6 +23,7 @@ from rodpo_dist.train.pretrain import pretrain
 from rodpo_dist.train.run_log import read_metrics
 from stand_ins import PrefixMean
 from train.test_pool import _contexts
+from train.test_recipes import StopAt
 
 CPU = Runtime(torch.device("cpu"))
 
@@ -161,15 +162,6 @@ TINY = ["data.synthetic.num_items=300", "data.synthetic.num_users=120", "data.sy
         "runtime.progress=false", "runtime.log_every=1", "runtime.seed=5"]
 
 
-class _StopAt:
-    def __init__(self, step: int) -> None:
-        self.step, self.calls = step, 0
-
-    def requested(self, rt) -> bool:
-        self.calls += 1
-        return self.calls == self.step
-
-
 def test_large_catalog_recipe_runs_and_the_upcoming_pool_resumes_exactly(tmp_path):
     def cfg(run, *extra):
         return load_config(None, [*TINY, f"data.prepared_dir={tmp_path}/data", f"runtime.run_dir={tmp_path}/{run}", *extra])
@@ -181,7 +173,7 @@ def test_large_catalog_recipe_runs_and_the_upcoming_pool_resumes_exactly(tmp_pat
     init = f"{tmp_path}/base/pretrain/best"
     full = align(cfg("full", "stage=align", f"init={init}"))
     cut = cfg("cut", "stage=align", f"init={init}")
-    assert align(cut, preemption=_StopAt(3)) == {}  # step 3: one step after the step-2 refresh
+    assert align(cut, preemption=StopAt(3)) == {}  # step 3: one step after the step-2 refresh
     assert align(cut, resume="auto") == full
     pools = [r for r in read_metrics(tmp_path / "full" / "align-rodpo", "pool")]
     assert pools and all(r["contexts"] < 120 for r in pools)  # each refresh scored only the upcoming contexts
@@ -232,7 +224,7 @@ def test_alignment_with_the_ivf_pool_resumes_exactly(tmp_path):
     init = f"{tmp_path}/base/pretrain/best"
     full = align(cfg("full", "stage=align", f"init={init}"))
     cut = cfg("cut", "stage=align", f"init={init}")
-    assert align(cut, preemption=_StopAt(4)) == {}
+    assert align(cut, preemption=StopAt(4)) == {}
     assert align(cut, resume="auto") == full
 
 
