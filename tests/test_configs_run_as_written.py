@@ -1,5 +1,6 @@
 """Every command in the comment lines of `configs/*.yaml` runs as written, from a clean checkout's
-root, with tiny overrides appended (a small synthetic catalog or a tiny S3-Rec folder; 1 epoch)."""
+root, with tiny overrides appended (a small synthetic catalog, a tiny S3-Rec folder or a tiny RecBole
+folder with ratings; 1 epoch)."""
 
 from __future__ import annotations
 
@@ -82,6 +83,20 @@ def tiny_s3rec(folder: Path, name: str) -> None:
         f"{i}\tA{i}\tproduct number {i} of brand {i % 4}\n" for i in range(1, 41)))
 
 
+def tiny_recbole(folder: Path, name: str) -> None:
+    """A small RecBole folder in MovieLens' layout: 60 users rating 40 movies 1-5 with times, titles and genres
+    (a config of real RecBole files, e.g. ml-100k, which may not be redistributed, runs on this instead)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [f"{u}\t{i}\t{rng.integers(1, 6)}\t{880000000 + 60 * k}"
+            for u in range(1, 61) for k, i in enumerate(rng.choice(np.arange(1, 41), size=14, replace=False))]
+    (folder / f"{name}.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + "\n".join(rows) + "\n")
+    (folder / f"{name}.item").write_text("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n" + "".join(
+        f"{i}\tMovie number {i}\t{1990 + i % 7}\t{['Comedy', 'Drama', 'Action'][i % 3]}\n" for i in range(1, 41)))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_config_commands_run_as_written(config, tmp_path, monkeypatch, capsys):
@@ -93,6 +108,10 @@ def test_config_commands_run_as_written(config, tmp_path, monkeypatch, capsys):
         name = next(line.split(":")[1].strip() for line in text.splitlines() if line.strip().startswith("name:"))
         tiny_s3rec(tmp_path / "amazon", name)
         tiny += [f"data.path={tmp_path / 'amazon'}"]
+    elif "source: recbole" in text:
+        name = next(line.split(":")[1].strip() for line in text.splitlines() if line.strip().startswith("name:"))
+        tiny_recbole(tmp_path / "recbole", name)
+        tiny += [f"data.path={tmp_path / 'recbole'}", "data.min_user_items=3", "data.min_item_users=2"]
     else:
         tiny += SYNTHETIC
     for argv in commands(config):
