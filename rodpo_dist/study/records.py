@@ -45,8 +45,9 @@ def record_key(record: dict[str, Any]) -> tuple[str, str, str, int]:
     return record["dataset"], record["variant"], record["method"], record["seed"]
 
 
-def ranks_path(record: dict[str, Any]) -> str:
-    return f"ranks/{record['dataset']}/{record['variant']}/{record['method']}_s{record['seed']}.npz"
+def ranks_path(record: dict[str, Any], last: bool = False) -> str:
+    """`last`: the ranks of the weights the run ended with (kept for datasets with observed rejections)."""
+    return f"ranks/{record['dataset']}/{record['variant']}/{record['method']}_s{record['seed']}{'_last' * last}.npz"
 
 
 def make_record(cfg: Config, method: str, result: dict[str, dict[str, float]], final: dict[str, Any],
@@ -65,33 +66,53 @@ def make_record(cfg: Config, method: str, result: dict[str, dict[str, float]], f
 
 
 def copy_ranks(run_dir: Path, out: Path, record: dict[str, Any]) -> None:
-    """The run's `ranks.npz` as compact int16 (-1 = past the scored list) under `out`."""
-    with np.load(run_dir / "ranks.npz") as z:
-        arrays = {}
-        for split in SPLITS:
-            r = z[f"{split}_ranks"]
-            arrays[f"{split}_users"] = z[f"{split}_users"].astype(np.int32)
-            arrays[f"{split}_ranks"] = np.where(r == MISS, -1, r).astype(np.int16)
-    path = out / ranks_path(record)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **arrays)
+    """The run's `ranks.npz` as compact int16 (-1 = past the scored list) under `out` (and its
+    `ranks_last.npz` and `dislikes.npz` when it has them)."""
+    if (run_dir / "ranks_last.npz").is_file():
+        _copy_ranks_file(run_dir / "ranks_last.npz", out / ranks_path(record, last=True))
+    _copy_ranks_file(run_dir / "ranks.npz", out / ranks_path(record))
     dislikes = run_dir / "dislikes.npz"  # per-user dislike rates (datasets with observed rejections)
     if dislikes.is_file():
         with np.load(dislikes) as z:
             np.savez_compressed(out / dislikes_path(record), **{k: z[k] for k in z.files})
 
 
+def _copy_ranks_file(source: Path, path: Path) -> None:
+    with np.load(source) as z:
+        arrays = {}
+        for split in SPLITS:
+            r = z[f"{split}_ranks"]
+            arrays[f"{split}_users"] = z[f"{split}_users"].astype(np.int32)
+            arrays[f"{split}_ranks"] = np.where(r == MISS, -1, r).astype(np.int16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+
+
 def dislikes_path(record: dict[str, Any]) -> str:
     return ranks_path(record).removesuffix(".npz") + "_dislikes.npz"
 
 
-def load_dislikes(out: Path, record: dict[str, Any], split: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(users, per-user dislike rates) of a record's split, None when the run has none."""
+def load_dislikes(out: Path, record: dict[str, Any], split: str,
+                  last: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+    """(users, per-user dislike rates) of a record's split (`last`: of the weights it ended with), None
+    when the run has none."""
     path = out / dislikes_path(record)
     if not path.is_file():
         return None
+    prefix = "last_" * last
     with np.load(path) as z:
-        return z[f"{split}_users"], z[f"{split}_rates"].astype(np.float64)
+        if f"{prefix}{split}_users" not in z.files:
+            return None
+        return z[f"{prefix}{split}_users"], z[f"{prefix}{split}_rates"].astype(np.float64)
+
+
+def load_ranks_last(out: Path, record: dict[str, Any], split: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(users, ranks) of the weights the run ended with, None when not kept."""
+    path = out / ranks_path(record, last=True)
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        return z[f"{split}_users"], z[f"{split}_ranks"].astype(np.int64)
 
 
 def load_ranks(out: Path, record: dict[str, Any], split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -132,14 +132,14 @@ def held_out_table(records: list[dict[str, Any]], dataset: str) -> str:
 
 def dislike_table(records: list[dict[str, Any]], entries: list[dict[str, Any]], dataset: str) -> str:
     """Datasets with observed rejections: test NDCG@10 and the dislike rate (`dislike_hr@10`, the share of
-    each user's held-out rejected items in its top 10, lower is better) per method, with paired
-    intervals against the backbone, ce and rodpo."""
+    each user's held-out rejected items in its top 10, lower is better) per method, of the selected
+    checkpoint and of the weights each alignment run ended with (`last:`), with paired intervals."""
     rows = [r for r in records if r["dataset"] == dataset and "dislike_hr@10" in r["test"]]
     if not rows:
         return ""
-    head = ["variant", "method", "seeds", "users with held-out rejections", "NDCG@10", "NDCG@10 vs ce [95% CI]",
-            "dislike_hr@10 (lower is better)", "vs backbone [95% CI]", "vs ce [95% CI]", "vs rodpo [95% CI]",
-            "observed share of negatives"]
+    head = ["variant", "method", "seeds", "NDCG@10", "vs ce [95% CI]", "dislike_hr@10", "vs backbone [95% CI]",
+            "vs ce [95% CI]", "vs rodpo [95% CI]", "last weights: NDCG@10", "vs ce [95% CI]", "dislike_hr@10",
+            "vs backbone [95% CI]", "vs ce [95% CI]", "vs rodpo [95% CI]", "observed share of negatives"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for variant in dict.fromkeys(r["variant"] for r in rows):
         for method in METHOD_ORDER:
@@ -147,22 +147,24 @@ def dislike_table(records: list[dict[str, Any]], entries: list[dict[str, Any]], 
             if not rs:
                 continue
 
-            def stat(key: str, rs=rs) -> str:
-                vals = [r["test"][key] for r in rs]
-                return f"{np.mean(vals):.4f} ± {np.std(vals):.4f}"
+            def stat(key: str, split: str = "test", rs=rs) -> str:
+                vals = [r[split][key] for r in rs if key in r.get(split, {})]
+                return f"{np.mean(vals):.4f} ± {np.std(vals):.4f}" if len(vals) == len(rs) else "—"
 
-            def versus(baseline: str, metric: str) -> str:
+            def versus(baseline: str, metric: str, method=method, variant=variant) -> str:
                 return interval(_find(entries, dataset=dataset, variant=variant, method=method, baseline=baseline,
                                       metric=metric))
 
             share = [r["false_negatives"]["observed_negative_share"] for r in rs
                      if "observed_negative_share" in r.get("false_negatives", {})]
-            lines.append("| " + " | ".join([variant, method, str(len(rs)), f"{rs[0]['test']['dislike_users']:.0f}",
-                                            stat("ndcg@10"), versus("ce", "ndcg@10"), stat("dislike_hr@10"),
-                                            versus("backbone", "dislike_hr@10"), versus("ce", "dislike_hr@10"),
-                                            versus("rodpo", "dislike_hr@10"),
-                                            f"{np.mean(share):.3f}" if share else "—"]) + " |")
-    return "\n".join(lines)
+            lines.append("| " + " | ".join([
+                variant, method, str(len(rs)), stat("ndcg@10"), versus("ce", "ndcg@10"), stat("dislike_hr@10"),
+                versus("backbone", "dislike_hr@10"), versus("ce", "dislike_hr@10"), versus("rodpo", "dislike_hr@10"),
+                stat("ndcg@10", "test_last"), versus("ce", "last:ndcg@10"), stat("dislike_hr@10", "test_last"),
+                versus("backbone", "last:dislike_hr@10"), versus("ce", "last:dislike_hr@10"),
+                versus("rodpo", "last:dislike_hr@10"), f"{np.mean(share):.3f}" if share else "—"]) + " |")
+    users = rows[0]["test"].get("dislike_users")
+    return "\n".join(lines) + (f"\n\nUsers with held-out rejections: {users:.0f}." if users is not None else "")
 
 
 def final_weights_table(records: list[dict[str, Any]], dataset: str) -> str:
@@ -223,8 +225,10 @@ def write_results(out: Path) -> Path:
             lines += ["Observed rejections: `dislike_hr@10` is the share of each user's held-out rejected items "
                       "(made at or after its validation target, never trained on) that the selected model ranks in "
                       "its top 10 on test, averaged over the users that have one; lower is better, and **bold** "
-                      "marks an interval below 0 (a significant drop). `observed` and `mixed` are rodpo with "
-                      "`align.rejected` observed / mixed.", "", dislikes, ""]
+                      "marks an interval below 0 (a significant drop; for NDCG@10, above 0). `observed` and "
+                      "`mixed` are rodpo with `align.rejected` observed / mixed. Left: the checkpoint selected on "
+                      "validation; right: the weights each run ended with (against the backbone's selected "
+                      "checkpoint and the other methods' last weights).", "", dislikes, ""]
         last = final_weights_table(records, dataset)
         if last:
             lines += ["The selected checkpoint may be the step-0 backbone (it competes for best); the weights each "

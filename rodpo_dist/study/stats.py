@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from rodpo_dist.study.records import load_dislikes, load_ranks
+from rodpo_dist.study.records import load_dislikes, load_ranks, load_ranks_last, ranks_path
 
 BASELINES = ("backbone", "ce", "random", "hard", "rodpo")
 METRICS = ("ndcg@5", "mrr@5", "ndcg@10")
@@ -93,4 +93,36 @@ def comparisons(records: list[dict[str, Any]], out: Path, split: str = "test") -
                                     "metric": DISLIKE_METRIC, "split": split, "seeds": seeds,
                                     "rel_change": round(change, 3), "ci_low": round(lo, 3), "ci_high": round(hi, 3),
                                     "significant": hi < 0, "lower_is_better": True})
+                entries += _last_weights(out, [by_key[(dataset, variant, method, s)] for s in seeds],
+                                         [by_key[(dataset, variant, baseline, s)] for s in seeds], split)
     return entries
+
+
+LAST_METRICS = ("ndcg@10", DISLIKE_METRIC)
+"""Compared for the weights alignment runs ended with too (`last:<metric>`), where the runs kept them."""
+
+
+def _last_weights(out: Path, method: list[dict[str, Any]], baseline: list[dict[str, Any]],
+                  split: str) -> list[dict[str, Any]]:
+    """`last:ndcg@10` and `last:dislike_hr@10` entries: the weights each method's runs ended with
+    against the baseline's (its selected checkpoint when it is the backbone), paired per seed and user."""
+    first, base = method[0], baseline[0]
+    entry = {"dataset": first["dataset"], "variant": first["variant"], "method": first["method"],
+             "baseline": base["method"], "split": split, "seeds": [r["seed"] for r in method]}
+    pick = (lambda r: load_ranks_last(out, r, split)) if base["method"] != "backbone" else \
+        (lambda r: load_ranks(out, r, split) if (out / ranks_path(r)).is_file() else None)
+    ranks = [(load_ranks_last(out, m, split), pick(b)) for m, b in zip(method, baseline)]
+    found = []
+    if all(m is not None and b is not None and np.array_equal(m[0], b[0]) for m, b in ranks):
+        change, lo, hi = paired_bootstrap([per_user(m[1], "ndcg@10") for m, _ in ranks],
+                                          [per_user(b[1], "ndcg@10") for _, b in ranks])
+        found.append(entry | {"metric": "last:ndcg@10", "rel_change": round(change, 3), "ci_low": round(lo, 3),
+                              "ci_high": round(hi, 3), "significant": lo > 0})
+    last_base = base["method"] != "backbone"
+    rates = [(load_dislikes(out, m, split, last=True), load_dislikes(out, b, split, last=last_base))
+             for m, b in zip(method, baseline)]
+    if all(m is not None and b is not None and np.array_equal(m[0], b[0]) for m, b in rates):
+        change, lo, hi = paired_bootstrap([m[1] for m, _ in rates], [b[1] for _, b in rates])
+        found.append(entry | {"metric": f"last:{DISLIKE_METRIC}", "rel_change": round(change, 3), "ci_low": round(lo, 3),
+                              "ci_high": round(hi, 3), "significant": hi < 0, "lower_is_better": True})
+    return found

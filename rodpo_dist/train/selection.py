@@ -20,7 +20,10 @@ from rodpo_dist.train.run_log import RunLog
 
 RANKS_FILE = "ranks.npz"
 DISLIKES_FILE = "dislikes.npz"
-"""Per-user dislike rates of the selected checkpoint (datasets with observed rejections)."""
+"""Per-user dislike rates of the selected checkpoint (datasets with observed rejections), and with
+`last_` keys those of the weights the run ended with."""
+RANKS_LAST_FILE = "ranks_last.npz"
+"""Per-user target ranks of the weights an alignment run ended with (datasets with observed rejections)."""
 
 
 def track_best(state: TrainState, metrics: dict[str, float], metric: str, log: RunLog,
@@ -62,7 +65,13 @@ def report_best(model: SASRec, run_dir: Path, data: PreparedDataset, cfg: Config
     on test), log and write `report.{json,md}` (`extra["stop_reason"]`, if any, below the table). With `last`, the weights the run ended with are
     evaluated first too (`valid_last`, `test_last`: what the run did, whatever the selection kept)."""
     splits = ("valid", "test") if cfg.eval.report_test else ("valid",)
-    ended = evaluate_splits(model, data, cfg, rt, splits, users=cfg.eval.valid_users) if last else {}
+    with_dislikes = data.rejections is not None
+    # with observed rejections the ended weights' ranks and dislike rates are kept too (paired intervals)
+    ended = evaluate_splits(model, data, cfg, rt, splits, users=cfg.eval.valid_users,
+                            ranks_to=run_dir / RANKS_LAST_FILE if with_dislikes else None) if last else {}
+    ended_dislikes = _dislikes(model, data, cfg, rt, splits, "last_") if last and with_dislikes else ({}, {})
+    for split, metrics in ended_dislikes[0].items():
+        ended[split] |= metrics
     load_weights(run_dir / "best", model)
     results = evaluate_splits(model, data, cfg, rt, splits, ranks_to=run_dir / RANKS_FILE, users=cfg.eval.valid_users)
     if data.truth is not None and cfg.eval.report_test:
@@ -71,9 +80,12 @@ def report_best(model: SASRec, run_dir: Path, data: PreparedDataset, cfg: Config
             results["test"][f"liked_ndcg@{k}"] = liked_ndcg(model, table, data.test, data.truth, k=k,
                                                              max_len=cfg.model.max_len,
                                                              batch_size=cfg.eval.batch_size, rt=rt)
-    if data.rejections is not None:  # the dislike rate of the selected model on held-out rejections
-        for split, metrics in _dislikes(model, data, cfg, rt, splits, run_dir / DISLIKES_FILE if rt.is_main else None).items():
+    if with_dislikes:  # the dislike rate of the selected model on held-out rejections
+        metrics_by_split, arrays = _dislikes(model, data, cfg, rt, splits)
+        for split, metrics in metrics_by_split.items():
             results[split] |= metrics
+        if rt.is_main:
+            np.savez(run_dir / DISLIKES_FILE, **arrays, **ended_dislikes[1])
     results |= {f"{split}_last": metrics for split, metrics in ended.items()}
     if rt.is_main:
         log.log(step, {f"{s}/{k}": v for s, m in results.items() for k, v in m.items()} | (extra or {}), kind="final")
@@ -84,8 +96,8 @@ def report_best(model: SASRec, run_dir: Path, data: PreparedDataset, cfg: Config
 
 
 def _dislikes(model: SASRec, data: PreparedDataset, cfg: Config, rt: Runtime, splits: tuple[str, ...],
-              path: Path | None) -> dict[str, dict[str, float]]:
-    """`dislike_hr@10` added to each split's metrics; the per-user rates saved to `path` (`dislikes.npz`)."""
+              prefix: str = "") -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    """(`dislike_hr@10` per split, the per-user rates as `<prefix><split>_users` / `_rates` arrays)."""
     table = model.item_encoder.item_table(cfg.eval.item_chunk)
     out, arrays = {}, {}
     for split in splits:
@@ -94,10 +106,8 @@ def _dislikes(model: SASRec, data: PreparedDataset, cfg: Config, rt: Runtime, sp
         users, rates = dislike_rates(model, table, contexts, rejected, k=DISLIKE_K, max_len=cfg.model.max_len,
                                      batch_size=cfg.eval.batch_size, rt=rt)
         out[split] = dislike_metric(rates)
-        arrays[f"{split}_users"], arrays[f"{split}_rates"] = users, rates
-    if path is not None:
-        np.savez(path, **arrays)
-    return out
+        arrays[f"{prefix}{split}_users"], arrays[f"{prefix}{split}_rates"] = users, rates
+    return out, arrays
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, splits: list[str]) -> dict[str, dict[str, float]]:
