@@ -21,6 +21,7 @@ VENV=${VENV:-.venv}
 PY="$VENV/bin/python"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/rodpo-wheel.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
+unset PYTHONPATH  # the fresh virtualenv must see the wheel only
 export PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export TORCH_EXTENSIONS_DIR="$WORK/torch_extensions"  # never rebuild the shared extension cache's entries
 step() { printf '\n== wheel check: %s\n' "$*"; }

@@ -15,7 +15,7 @@ A baseline first runs every targeted test on the unmutated copy (they must pass)
 `rodpo_dist` is imported from the copy. `rodpo_kernels` comes from the checkout's editable install
 (no mutation touches `kernels/`, and its compiled top-K selection stays in its usual build cache).
 
-  python tools/mutations.py            # every mutation (about 6 min on 2 cores)
+  python tools/mutations.py            # every mutation (about 5 min on 2 idle cores)
   python tools/mutations.py --ci       # the fixed subset `make test` runs after the suite, no baseline
   python tools/mutations.py --only sdpo-drawn-as-hard double-gradient
   python tools/mutations.py --list
