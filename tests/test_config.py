@@ -121,3 +121,28 @@ def test_study_section_is_checked():
     text = _problems("study.methods=[rodpo,dpo]", "study.variants={moe: [moe.enabled]}")
     assert "study.methods: unknown method 'dpo'" in text
     assert "study.variants.moe: expected key.sub=value overrides, got 'moe.enabled'" in text
+
+
+def test_runs_recorded_before_fields_were_added_keep_their_hash():
+    """Fields added later are left out of the identity at their defaults: these are the default config's
+    hashes as of commit a9029a6, so runs recorded then are found again."""
+    import dataclasses
+
+    from rodpo_dist.config import Config, config_hash
+
+    assert config_hash(Config()) == "ae9159e96950"
+    assert config_hash(dataclasses.replace(Config(), stage="align")) == "288cdf694ba4"
+
+
+def test_an_alignments_identity_holds_the_pretraining_loss_its_ce_reuses():
+    import dataclasses
+
+    from rodpo_dist.config import Config, config_hash
+
+    def align(ce_loss, loss):
+        c = Config()
+        return dataclasses.replace(c, stage="align", align=dataclasses.replace(c.align, ce_loss=ce_loss),
+                                   pretrain=dataclasses.replace(c.pretrain, loss=loss))
+
+    assert config_hash(align("pretrain", "full")) != config_hash(align("pretrain", "sampled"))
+    assert config_hash(align("full", "full")) == config_hash(align("full", "sampled"))  # the full CE ignores it

@@ -7,6 +7,7 @@ another machine, but never with another learning rate, seed, dataset or loss.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any
@@ -17,14 +18,24 @@ RUNTIME_ONLY = frozenset({
     "runtime.run_dir", "runtime.run_name", "runtime.device", "runtime.engine", "runtime.deepspeed_config",
     "runtime.log_every", "runtime.checkpoint_every", "runtime.keep_checkpoints", "runtime.progress",
     "runtime.dist_timeout_s", "eval.batch_size", "eval.item_chunk", "eval.report_test", "model.length_groups", "pretrain.item_chunk",
+    "data.read_chunk_rows",
 })
 RUNTIME_ONLY_SECTIONS = ("study.",)
-# fields added after runs were recorded: left out while at these defaults, so those runs keep their hash
-ABSENT_AT_DEFAULT = {"data.max_dislike_rating": None, "data.synthetic.dislike_rate": 0.0, "align.rejected": "pool",
-                     "align.observed_share": 0.5, "align.observed_scope": "train"}
+# fields added after runs were recorded (2026-12-04): left out while at their defaults, so those runs
+# keep their hash (a field added later joins this set)
+ADDED_LATER = frozenset({
+    "align.ce_loss", "align.observed_scope", "align.observed_share", "align.rejected", "data.columns.item",
+    "data.columns.rating", "data.columns.timestamp", "data.columns.user", "data.items.attributes", "data.items.id",
+    "data.items.path", "data.items.separator", "data.items.text", "data.items.unknown", "data.items.vectors",
+    "data.max_dislike_rating", "data.min_rating", "data.synthetic.dislike_rate", "data.synthetic.popularity",
+    "data.synthetic.zipf_exponent", "eval.valid_users", "model.sparse_item_table", "pool.index", "pool.ivf_lists",
+    "pool.ivf_probe", "pool.scope", "pretrain.popularity_power", "pretrain.sampling",
+})
 # what one stage never reads: pretraining ignores the alignment settings, and an alignment run's
 # backbone is identified by `init`, not by the settings that trained it
 OTHER_STAGE = {"pretrain": ("align.", "pool.", "init"), "align": ("pretrain.",)}
+# ...except the pretraining loss an alignment's CE reuses under `align.ce_loss: pretrain`
+CE_FROM_PRETRAIN = ("pretrain.loss", "pretrain.num_sampled", "pretrain.sampling", "pretrain.popularity_power")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -42,8 +53,15 @@ def identity_fields(cfg: Config | dict[str, Any]) -> dict[str, Any]:
     """The flattened settings that define a run: all but `RUNTIME_ONLY` and the other stage's sections."""
     tree = cfg.to_dict() if isinstance(cfg, Config) else cfg
     skip = RUNTIME_ONLY_SECTIONS + OTHER_STAGE.get(tree.get("stage", "pretrain"), ())
-    return {k: v for k, v in flatten(tree).items() if k not in RUNTIME_ONLY and not k.startswith(skip)
-            and not (k in ABSENT_AT_DEFAULT and v == ABSENT_AT_DEFAULT[k])}
+    flat, defaults = flatten(tree), _defaults()
+    keep = CE_FROM_PRETRAIN if tree.get("stage") == "align" and flat.get("align.ce_loss") == "pretrain" else ()
+    return {k: v for k, v in flat.items() if k not in RUNTIME_ONLY and (k in keep or not k.startswith(skip))
+            and not (k in ADDED_LATER and v == defaults.get(k))}
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    return flatten(Config().to_dict())
 
 
 def config_hash(cfg: Config | dict[str, Any], length: int = 12) -> str:

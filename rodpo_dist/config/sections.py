@@ -33,7 +33,7 @@ class SyntheticConfig:
     popularity: Literal["normal", "zipf"] = "normal"
     """Item popularity: `normal` = a mild N(0, 0.5) utility bias per item; `zipf` also draws the items a
     user is shown from each cluster with probability ~ rank ** -zipf_exponent (a heavy head and a
-    long tail, as in real catalogs; `rodpo data stats` reports the top 1% share of interactions)."""
+    long tail, as in real catalogs; `rodpo data stats` reports the top 1% items' share of interactions)."""
     zipf_exponent: float = 1.0
     dislike_rate: float = 0.0
     """Observed rejections: after each consumed item, with this probability, the user turns down an item
@@ -193,7 +193,7 @@ class PretrainConfig(StageConfig):
     """Negatives per step of the sampled softmax, shared by the batch (logQ-corrected)."""
     sampling: Literal["uniform", "popularity"] = "uniform"
     """Proposal q of the sampled softmax: uniform over the catalog, or training-set popularity
-    `count ** popularity_power` (heavy-tailed catalogs: popular items are the informative negatives);
+    `(count + 1) ** popularity_power` (heavy-tailed catalogs: popular items are the informative negatives);
     the logQ correction keeps either an estimate of the full softmax."""
     popularity_power: float = 0.75
     patience: int = 5
@@ -244,9 +244,11 @@ class AlignConfig(StageConfig):
     window_start: int = 0
     """Pool ranks 1..window_start are never drawn with `sampling: window`."""
     ce_weight: float = 0.0
-    """Weight of the next-item CE added to the DPO loss: the anchor against drift. A full softmax, or
-    with `pretrain.loss: sampled` the same sampled softmax (and proposal) as pretraining; the `ce`
-    control uses the same."""
+    """Weight of the next-item CE added to the DPO loss: the anchor against drift (see `ce_loss`)."""
+    ce_loss: Literal["full", "pretrain"] = "full"
+    """The CE of the anchor and of the `ce` control: the exact full softmax, or `pretrain`: the
+    pretraining loss (with `pretrain.loss: sampled`, the same sampled softmax and proposal: a step
+    that touches the rows it uses, for catalogs of millions of items)."""
     disable_dropout: bool = True
     """Train the policy without dropout (and without MoE gating noise), so its rewards against the
     eval-mode reference are exactly 0 before the first update (TRL's `disable_dropout`)."""

@@ -103,7 +103,7 @@ def _model(cfg: Config, problems: list[str]) -> None:
           "model.use_id_embedding=false needs at least one entry in data.modalities (an item must be encoded somehow)")
     if cfg.pool.index == "ivf" and importlib.util.find_spec("faiss") is None:
         problems.append("pool.index: ivf needs the package faiss-cpu, which is not installed "
-                        "(pip install faiss-cpu==1.15.1), or set pool.index: exact")
+                        "(pip install faiss-cpu==1.15.1, or pip install 'rodpo-dist[scale]'), or set pool.index: exact")
     if cfg.model.sparse_item_table:
         _need(problems, cfg.model.use_id_embedding, "model.sparse_item_table needs model.use_id_embedding (the table)")
         _need(problems, cfg.runtime.engine != "deepspeed",

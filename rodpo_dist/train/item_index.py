@@ -22,7 +22,7 @@ def _faiss():
         import faiss
     except ImportError as exc:
         raise ImportError("pool.index: ivf needs the package faiss-cpu (pip install faiss-cpu==1.15.1, or "
-                          "the project's `scale` extra); or set pool.index: exact") from exc
+                          "pip install 'rodpo-dist[scale]'); or set pool.index: exact") from exc
     return faiss
 
 

@@ -157,7 +157,7 @@ TINY = ["data.synthetic.num_items=300", "data.synthetic.num_users=120", "data.sy
         "data.synthetic.max_seq_len=10", "data.synthetic.popularity=zipf", "model.hidden=16", "model.heads=1",
         "model.max_len=8", "model.sparse_item_table=true", "pretrain.loss=sampled", "pretrain.num_sampled=32",
         "pretrain.sampling=popularity", "pretrain.batch_size=32", "pretrain.epochs=2", "pretrain.warmup_steps=2",
-        "align.batch_size=16", "align.epochs=1", "align.strategy=rodpo", "align.ce_weight=1.0",
+        "align.batch_size=16", "align.epochs=1", "align.strategy=rodpo", "align.ce_weight=1.0", "align.ce_loss=pretrain",
         "pool.k=10", "pool.refresh_steps=2", "pool.scope=upcoming", "eval.batch_size=64", "eval.valid_users=50",
         "runtime.progress=false", "runtime.log_every=1", "runtime.seed=5"]
 
