@@ -76,10 +76,9 @@ def report_best(model: SASRec, run_dir: Path, data: PreparedDataset, cfg: Config
     results = evaluate_splits(model, data, cfg, rt, splits, ranks_to=run_dir / RANKS_FILE, users=cfg.eval.valid_users)
     if data.truth is not None and cfg.eval.report_test:
         table = model.item_encoder.item_table(cfg.eval.item_chunk)
-        for k in cfg.eval.ks:
-            results["test"][f"liked_ndcg@{k}"] = liked_ndcg(model, table, data.test, data.truth, k=k,
-                                                             max_len=cfg.model.max_len,
-                                                             batch_size=cfg.eval.batch_size, rt=rt)
+        liked = liked_ndcg(model, table, data.test, data.truth, ks=cfg.eval.ks, max_len=cfg.model.max_len,
+                           batch_size=cfg.eval.batch_size, rt=rt)
+        results["test"] |= {f"liked_ndcg@{k}": v for k, v in liked.items()}
     if with_dislikes:  # the dislike rate of the selected model on held-out rejections
         metrics_by_split, arrays = _dislikes(model, data, cfg, rt, splits)
         for split, metrics in metrics_by_split.items():

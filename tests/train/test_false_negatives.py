@@ -71,9 +71,21 @@ def test_liked_ndcg_by_hand():
     ctx = Contexts(np.array([1, 2]), [np.array([1]), np.array([2])], np.array([3, 4]))
     # the state is the history item's vector: every other item scores only on the shared direction, in id order,
     # so user 1's top 3 (items 1 and 3 excluded) is 2, 4, 5 -> liked at rank 3; user 2's top 3 is 1, 3, 5 -> none
-    got = liked_ndcg(model, table, ctx, truth, k=3, max_len=4, batch_size=8, rt=Runtime(torch.device("cpu")))
+    got = liked_ndcg(model, table, ctx, truth, ks=[2, 3], max_len=4, batch_size=8, rt=Runtime(torch.device("cpu")))
     ideal_1 = 1 + 1 / np.log2(3)  # two liked unobserved items could fill ranks 1 and 2
-    assert got == pytest.approx(((1 / np.log2(4)) / ideal_1 + 0.0) / 2)
+    assert got[3] == pytest.approx(((1 / np.log2(4)) / ideal_1 + 0.0) / 2)
+    assert got[2] == 0.0  # the liked item sits at rank 3: NDCG@2 of the same ranking sees none
+
+
+def test_liked_unobserved_stops_counting_at_its_cap(monkeypatch):
+    from rodpo_dist.eval import truth as truth_module
+
+    monkeypatch.setattr(truth_module, "ITEM_BLOCK", 2)  # blocks [1, 2], [3, 4], ...: the early stop is reached
+    truth = _truth({1: {2, 5, 6, 7}, 2: {3, 4, 8}})
+    users, exclude = np.array([1, 2]), torch.tensor([[5, -1], [-1, -1]])
+    assert truth_module.liked_unobserved(truth, users, exclude, 8).tolist() == [3, 3]
+    assert truth_module.liked_unobserved(truth, users, exclude, 8, cap=1).tolist() == [1, 1]
+    assert truth_module.liked_unobserved(truth, users, exclude, 8, cap=2).tolist() == [2, 2]
 
 
 def test_held_out_items_in_the_pool_by_rank():

@@ -198,8 +198,9 @@ def evaluate_best(cfg, best) -> dict[str, float]:
     load_weights(best, model)
     metrics = evaluate_splits(model, data, cfg, rt, ("test",))["test"]
     table = model.item_encoder.item_table(cfg.eval.item_chunk)
-    return metrics | {f"liked_ndcg@{k}": liked_ndcg(model, table, data.test, data.truth, k=k, max_len=cfg.model.max_len,
-                                                    batch_size=cfg.eval.batch_size, rt=rt) for k in cfg.eval.ks}
+    liked = liked_ndcg(model, table, data.test, data.truth, ks=cfg.eval.ks, max_len=cfg.model.max_len,
+                       batch_size=cfg.eval.batch_size, rt=rt)
+    return metrics | {f"liked_ndcg@{k}": v for k, v in liked.items()}
 
 
 @pytest.mark.parametrize("extra", [["align.strategy=rodpo"],
