@@ -101,6 +101,11 @@ class GroundTruth:
         thr = self.thresholds[users].reshape(users.shape + (1,) * (items.ndim - users.ndim))
         return (self.utility(users, items) >= thr) & (items > 0)
 
+    def relevant_matrix(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """`is_relevant` of every user in `users` [B] for every item in `items` [M] -> [B, M], through
+        `utility_matrix` (one product: no [B, M, d] intermediate)."""
+        return (self.utility_matrix(users, items) >= self.thresholds[users][:, None]) & (items > 0)
+
     def is_exposed(self, users, items) -> np.ndarray:
         """Whether the user could ever see the item (the exposure-bias mask), same shapes as `is_relevant`."""
         users, items = _numpy(users), _numpy(items)

@@ -31,7 +31,7 @@ def liked_unobserved(truth: GroundTruth, users: np.ndarray, exclude: torch.Tenso
     counts = np.zeros(len(users), dtype=np.int64)
     for lo in range(1, num_items + 1, ITEM_BLOCK):
         items = np.arange(lo, min(num_items, lo + ITEM_BLOCK - 1) + 1)
-        counts += truth.is_relevant(users, np.broadcast_to(items, (len(users), len(items)))).sum(1)
+        counts += truth.relevant_matrix(users, items).sum(1)
         if cap is not None and (counts - seen >= cap).all():  # a lower bound already at the cap
             break
     return counts - seen if cap is None else np.minimum(counts - seen, cap)

@@ -95,3 +95,14 @@ def test_held_out_items_in_the_pool_by_rank():
     rates = held_out_rates(ids, np.array([4, 3, 11]))  # context 0: rank 1; context 1: rank 3; context 2: absent
     assert rates == {"pool_holds_held_out": pytest.approx(2 / 3), "pool_holds_held_out/1": pytest.approx(1 / 3),
                      "pool_holds_held_out/2-3": pytest.approx(1 / 3)}
+
+
+def test_relevant_matrix_is_is_relevant_of_every_pair():
+    from rodpo_dist.config.sections import SyntheticConfig
+    from rodpo_dist.data.synthetic import SyntheticCatalog
+
+    catalog = SyntheticCatalog(SyntheticConfig(num_items=300, num_users=40, seed=4))
+    catalog.interactions()  # fills the thresholds
+    users, items = np.arange(1, 41), np.arange(0, 301)
+    pairwise = catalog.truth.is_relevant(users, np.broadcast_to(items, (40, 301)))
+    assert np.array_equal(catalog.truth.relevant_matrix(users, items), pairwise) and pairwise.any()
