@@ -550,8 +550,11 @@ def main() -> None:
               f"{peers[variant]['test_masked']['ndcg@10']:.4f} (masked)", flush=True)
 
     command = "OMP_NUM_THREADS=%d python benchmarks/bench_peers.py %s" % (
-        args.threads, shlex.join(sys.argv[1:]))
-    section = (f"{table(name, ours, peers, list(cfg.eval.ks))}\nCommand: `{command}` ({time.strftime('%Y-%m-%d')}).  \n"
+        args.threads, shlex.join(a for a in sys.argv[1:] if a != "--no-train"))
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    if args.no_train:
+        when += "; this table read the runs so far with `--no-train`"
+    section = (f"{table(name, ours, peers, list(cfg.eval.ks))}\nCommand: `{command}` ({when}).  \n"
                f"Machine: {started} at the start, {machine().split('load average ')[1]} at the end.\n")
     print(section)
     (folder / "table.md").write_text(section)
