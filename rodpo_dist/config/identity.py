@@ -24,10 +24,10 @@ RUNTIME_ONLY_SECTIONS = ("study.",)
 # fields added after runs were recorded (2026-12-04): left out while at their defaults, so those runs
 # keep their hash (a field added later joins this set)
 ADDED_LATER = frozenset({
-    "align.ce_loss", "align.observed_scope", "align.observed_share", "align.rejected", "data.columns.item",
+    "align.ce_loss", "align.observed_scope", "align.observed_share", "align.rejected", "data.columns.event", "data.columns.item",
     "data.columns.rating", "data.columns.timestamp", "data.columns.user", "data.items.attributes", "data.items.id",
     "data.items.path", "data.items.separator", "data.items.text", "data.items.unknown", "data.items.vectors",
-    "data.max_dislike_rating", "data.min_rating", "data.synthetic.dislike_rate", "data.synthetic.popularity",
+    "data.dislike_events", "data.max_dislike_rating", "data.min_rating", "data.synthetic.dislike_rate", "data.synthetic.popularity",
     "data.synthetic.zipf_exponent", "eval.valid_users", "model.sparse_item_table", "pool.index", "pool.ivf_lists",
     "pool.ivf_probe", "pool.scope", "pretrain.popularity_power", "pretrain.sampling",
 })

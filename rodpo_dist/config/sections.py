@@ -52,6 +52,8 @@ class ColumnsConfig:
     """Numbers (any unit) or ISO-8601 strings (naive ones read as UTC); orders each user's sequence."""
     rating: str = ""
     """Empty: `rating`, read when the file has it; required by `data.min_rating`."""
+    event: str = ""
+    """An event-type column (`view`, `purchase`, `return`, ...); read only with `data.dislike_events`."""
 
 
 @dataclass
@@ -93,6 +95,9 @@ class DataConfig:
     """Interactions rated at or below this become the users' observed rejections (kept with their times
     beside the positive sequence, not in it; `rejections.npz`); must be below `min_rating` (without
     `min_rating`, the positives are the interactions rated above it). None: no rejections."""
+    dislike_events: list[str] = field(default_factory=list)
+    """Event types (values of `data.columns.event`) that are observed rejections, e.g. `[return, skip]`:
+    kept beside the sequence like low ratings (both may be used together)."""
     read_chunk_rows: int = 1_000_000
     """Rows per chunk when reading interaction files and item tables: memory is bounded by the chunk."""
     prepared_dir: str = "data_cache/demo"

@@ -193,6 +193,11 @@ def _dislikes(cfg: Config, problems: list[str]) -> None:
     _need(problems, 0.0 <= data.synthetic.dislike_rate <= 1.0,
           f"data.synthetic.dislike_rate: must be in [0, 1], got {data.synthetic.dislike_rate}")
     _need(problems, 0.0 <= a.observed_share <= 1.0, f"align.observed_share: must be in [0, 1], got {a.observed_share}")
+    if data.dislike_events:
+        _need(problems, data.source in ("interactions", "recbole"),
+              f"data.dislike_events: needs an event-type column (data.source interactions or recbole), not {data.source!r}")
+        _need(problems, all(isinstance(e, str) and e for e in data.dislike_events),
+              f"data.dislike_events: expected event-type names, got {data.dislike_events!r}")
     value = data.max_dislike_rating
     if value is None:
         return

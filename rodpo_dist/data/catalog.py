@@ -37,7 +37,8 @@ def event_columns(cfg: DataConfig, user: str, item: str) -> EventColumns:
     """`data.columns` with the source's defaults (`user`, `item`: its id column names) filled in."""
     c = cfg.columns
     return EventColumns(c.user or user, c.item or item, c.timestamp or "timestamp", c.rating or "rating",
-                        rating_required=cfg.min_rating is not None or cfg.max_dislike_rating is not None)
+                        rating_required=cfg.min_rating is not None or cfg.max_dislike_rating is not None,
+                        event=c.event or "event", dislike_events=tuple(cfg.dislike_events))
 
 
 def interactions_spec(cfg: DataConfig) -> CatalogSpec:
@@ -64,16 +65,24 @@ def load_catalog(spec: CatalogSpec, cfg: DataConfig,
             stats["unknown_item_interactions"] = {"count": int(absent.sum()), "policy": cfg.items.unknown}
             events = events.select(~absent) if cfg.items.unknown == "drop" else events
     disliked = None
-    if cfg.max_dislike_rating is not None:  # rated at or below it: observed rejections, beside the sequence
-        rest, disliked = split_by_rating(events, np.nextafter(cfg.max_dislike_rating, np.inf))
-        disliked, events = disliked, rest
+    if cfg.max_dislike_rating is not None or cfg.dislike_events:  # observed rejections, beside the sequence
+        mask = np.zeros(len(events), dtype=bool)
+        if cfg.max_dislike_rating is not None:  # rated at or below it
+            if events.rating is None:
+                raise DataError(events.path, f"data.max_dislike_rating={cfg.max_dislike_rating} needs a rating column",
+                                f"header, column {events.columns.rating!r}")
+            mask |= events.rating <= cfg.max_dislike_rating
+        if events.disliked is not None:  # an event type of data.dislike_events
+            mask |= events.disliked
+        disliked, events = events.select(mask), events.select(~mask)
     if cfg.min_rating is not None:
         events, below = split_by_rating(events, cfg.min_rating)
         stats["below_min_rating"] = len(below) + (len(disliked) if disliked is not None else 0)
     data = to_interactions(events, cfg.min_user_items, cfg.min_item_users)
     if disliked is not None:
         data.rejections = observed_rejections(disliked, data)
-        stats["rejections"] = {"rated_at_most": cfg.max_dislike_rating, "events": len(disliked),
+        stats["rejections"] = {"rated_at_most": cfg.max_dislike_rating, "event_types": list(cfg.dislike_events),
+                               "events": len(disliked),
                                **data.rejections.stats()}
     factories = (item_modalities(spec.table, data.item_ids, cfg.text_encoder, cfg.read_chunk_rows, progress)
                  if spec.table is not None else {})

@@ -5,8 +5,9 @@
   the raw ratings when the file has a rating column.
 - `split_by_rating`: the interactions rated at or above `min_rating`, and the rest (kept apart, not
   thrown away, so that a later step can use them as observed dislikes).
-- `observed_rejections`: the interactions rated at or below `data.max_dislike_rating`, as the users'
-  observed rejections in the dataset's ids (`rejections.Rejections`).
+- `observed_rejections`: the interactions rated at or below `data.max_dislike_rating` (or whose event
+  type is one of `data.dislike_events`), as the users' observed rejections in the dataset's ids
+  (`rejections.Rejections`).
 - `to_interactions`: per-user chronological order (stable on ties: file order), repeated (user, item)
   pairs keep their first occurrence, k-core filtering to a fixpoint, then users and items renumbered
   1..U / 1..N in sorted order of their raw ids (item 0 is padding).
@@ -37,6 +38,9 @@ class EventColumns:
     timestamp: str
     rating: str
     rating_required: bool = False
+    event: str = ""
+    dislike_events: tuple[str, ...] = ()
+    """Values of the `event` column that mark an observed rejection (the column is required when given)."""
 
 
 @dataclass
@@ -51,6 +55,8 @@ class Events:
     rating: np.ndarray | None
     users: Vocabulary
     items: Vocabulary
+    disliked: np.ndarray | None = None
+    """[n] bool: the event type is one of `columns.dislike_events` (None: no event column read)."""
 
     def __len__(self) -> int:
         return len(self.user)
@@ -58,7 +64,8 @@ class Events:
     def select(self, mask: np.ndarray) -> Events:
         """The interactions where `mask` holds (vocabularies shared)."""
         return replace(self, user=self.user[mask], item=self.item[mask], time=self.time[mask],
-                       rating=None if self.rating is None else self.rating[mask])
+                       rating=None if self.rating is None else self.rating[mask],
+                       disliked=None if self.disliked is None else self.disliked[mask])
 
 
 def read_events(path: str | Path, columns: EventColumns, chunk_rows: int) -> Events:
@@ -69,18 +76,25 @@ def read_events(path: str | Path, columns: EventColumns, chunk_rows: int) -> Eve
     if columns.rating_required:
         table.require(columns.rating, "data.columns.rating, needed by data.min_rating")
     has_rating = columns.rating in table.names
+    has_event = bool(columns.dislike_events)
+    if has_event:
+        table.require(columns.event, "data.columns.event, needed by data.dislike_events")
     users, items = Vocabulary(), Vocabulary()
-    parts: dict[str, list[np.ndarray]] = {"user": [], "item": [], "time": [], "rating": []}
-    for chunk in table.chunks(wanted + ([columns.rating] if has_rating else [])):
+    parts: dict[str, list[np.ndarray]] = {"user": [], "item": [], "time": [], "rating": [], "disliked": []}
+    kinds = pa.array(list(columns.dislike_events), pa.string())
+    for chunk in table.chunks(wanted + ([columns.rating] if has_rating else []) + ([columns.event] if has_event else [])):
         parts["user"].append(users.encode(ids(chunk, columns.user)).astype(np.int32))
         parts["item"].append(items.encode(ids(chunk, columns.item)).astype(np.int32))
         parts["time"].append(timestamps(chunk, columns.timestamp))
         if has_rating:
             parts["rating"].append(numbers(chunk, columns.rating, "rating").astype(np.float32))
+        if has_event:
+            parts["disliked"].append(pc.is_in(ids(chunk, columns.event), value_set=kinds).to_numpy(zero_copy_only=False))
     if not parts["user"]:
         raise DataError(table.path, "no interactions")
     joined = {k: np.concatenate(v) if v else None for k, v in parts.items()}
-    return Events(table.path, columns, joined["user"], joined["item"], joined["time"], joined["rating"], users, items)
+    return Events(table.path, columns, joined["user"], joined["item"], joined["time"], joined["rating"], users, items,
+                  joined["disliked"])
 
 
 def split_by_rating(events: Events, min_rating: float) -> tuple[Events, Events]:

@@ -139,3 +139,23 @@ def test_dislike_settings_are_validated(bad):
 
     with pytest.raises(ConfigError, match="max_dislike_rating"):
         config_from_dict({"data": {"source": "interactions", "path": ".", **bad}})
+
+
+def test_event_types_mark_rejections_beside_the_sequence(tmp_path):
+    """`data.dislike_events`: events of those types (here `return`, `skip`) are rejections, the rest positives."""
+    rows = [(f"u{u}", f"p{(u + k) % 9 + 1}", "purchase", 10 * k) for u in range(5) for k in range(6)]
+    rows += [("u0", "p9", "return", 15), ("u0", "p8", "skip", 55), ("u1", "p9", "return", 5)]
+    path = tmp_path / "events.csv"
+    path.write_text("user,item,kind,when\n" + "".join(f"{u},{i},{e},{t}\n" for u, i, e, t in rows))
+    cfg = config_from_dict({"data": {"source": "interactions", "path": str(path), "modalities": [],
+                                     "columns": {"event": "kind", "timestamp": "when"},
+                                     "dislike_events": ["return", "skip"], "min_user_items": 3,
+                                     "min_item_users": 1}}).data
+    out = tmp_path / "prepared"
+    prepare(cfg, out, progress=False)
+    ids = __import__("json").loads((out / "id_maps.json").read_text())
+    rej = Rejections.load(out)
+    assert _raw(rej, ids, False, "u0") == {"p9"} and _raw(rej, ids, True, "u0") == {"p8"}
+    assert _raw(rej, ids, False, "u1") == {"p9"}
+    test = load_split(out, "test")
+    assert sum(len(s) + 1 for s in test.sequences) == 30  # the returns and skips are not in any sequence
