@@ -54,14 +54,23 @@ def test_yaml_file_errors(tmp_path):
         load_config(section)
 
 
-def test_shipped_configs_load_and_open_with_their_command():
+def test_shipped_configs_load_and_open_with_their_command(tmp_path):
     from pathlib import Path
+
+    import yaml
 
     for path in sorted(Path("configs").glob("*.yaml")):
         first = path.read_text().splitlines()[0]
         assert first.startswith("# Run: "), f"{path} must open with the command that runs it"
-        if "amazon" not in path.read_text() or Path("../shared/data/amazon").is_dir():
-            load_config(path)
+        if "amazon" in path.read_text() and not Path("../shared/data/amazon").is_dir():
+            continue
+        data = yaml.safe_load(path.read_text()).get("data") or {}
+        stand_in = []
+        if data.get("path") and not Path(data["path"]).exists():
+            # data the repository may not ship (MovieLens: its licence): an empty stand-in, every other check runs
+            (tmp_path / f"{data.get('name', '')}.inter").write_text("user_id:token\titem_id:token\n")
+            stand_in = [f"data.path={tmp_path}"]
+        load_config(path, stand_in)
 
 
 def test_exponent_floats_that_yaml_reads_as_strings_are_accepted():
