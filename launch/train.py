@@ -30,20 +30,22 @@ from rodpo_dist.runtime import Preemption, init_distributed
 
 
 def prepare_if_missing(cfg: Config) -> None:
-    """A fresh job on the built-in data: rank 0 prepares `data.prepared_dir`, the others wait for it.
+    """Rank 0 prepares `data.prepared_dir` when it holds no dataset yet, the others wait for it; a
+    dataset already there must fit the config's data settings (`rodpo_dist.data.prepare.ensure_prepared`).
 
     The wait is a gloo barrier of its own with a long timeout (preparing a large catalog can take
     longer than `runtime.dist_timeout_s`); it still ends at once if rank 0 dies.
     """
-    if (Path(cfg.data.prepared_dir) / "manifest.json").is_file():
-        return
+    from rodpo_dist.data.prepare import MANIFEST_FILE, ensure_prepared
+
     dist = torch.distributed
+    if (Path(cfg.data.prepared_dir) / MANIFEST_FILE).is_file():
+        ensure_prepared(cfg)
+        return
     waiting = dist.new_group(backend="gloo", timeout=timedelta(hours=6)) if dist.is_initialized() else None
     if not dist.is_initialized() or dist.get_rank() == 0:
-        from rodpo_dist.data.prepare import prepare
-
         print(f"train.py: preparing {cfg.data.prepared_dir} (data.source={cfg.data.source})", file=sys.stderr)
-        prepare(cfg.data, cfg.data.prepared_dir, progress=False)
+        ensure_prepared(cfg)
     if waiting is not None:
         dist.barrier(group=waiting)
         dist.destroy_process_group(waiting)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from rodpo_dist.config import Config, DataConfig
+from rodpo_dist.config import Config, DataConfig, flatten
 from rodpo_dist.config.validate import MISSING_SUFFIX
 from rodpo_dist.data.catalog import CatalogSpec, interactions_spec, load_catalog
 from rodpo_dist.data.errors import DataError
@@ -240,7 +240,33 @@ def stats(directory: str | Path) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+# data settings that say how a prepared dataset is read or laid out, not what it holds
+LAYOUT_ONLY = frozenset({"prepared_dir", "read_chunk_rows", "users_per_shard", "items_per_shard", "shuffle_buffer",
+                         "length_window", "num_workers"})
+
+
+def prepared_mismatch(cfg: DataConfig, directory: str | Path) -> list[str]:
+    """The settings of `cfg` that the dataset prepared in `directory` was built without (empty: it fits).
+
+    Every setting that decides the dataset's content must equal the one it was prepared with (a
+    setting added since then counts at its default); `data.modalities` may be a subset of the
+    prepared ones, and `data.text_encoder` matters only when text is used."""
+    saved_cfg = load_manifest(directory).source["config"]
+    saved, now, defaults = (flatten(c) for c in (saved_cfg, dataclasses.asdict(cfg), dataclasses.asdict(DataConfig())))
+    skip = LAYOUT_ONLY | {"modalities"} | (set() if "text" in cfg.modalities else {"text_encoder"})
+    problems = [f"data.{k}: {now[k]!r}, prepared with {saved.get(k, defaults.get(k))!r}"
+                for k in sorted(now) if k not in skip and now[k] != saved.get(k, defaults.get(k))]
+    if absent := [m for m in cfg.modalities if m not in saved_cfg.get("modalities", [])]:
+        problems.append(f"data.modalities: {', '.join(absent)} not prepared (prepared: {saved_cfg.get('modalities')})")
+    return problems
+
+
 def ensure_prepared(cfg: Config) -> None:
-    """Prepare `data.prepared_dir` unless it already holds a dataset."""
-    if not (Path(cfg.data.prepared_dir) / MANIFEST_FILE).is_file():
-        prepare(cfg.data, cfg.data.prepared_dir, progress=cfg.runtime.progress)
+    """Prepare `data.prepared_dir` when it holds no dataset; refuse one prepared from other data settings."""
+    directory = Path(cfg.data.prepared_dir)
+    if not (directory / MANIFEST_FILE).is_file():
+        prepare(cfg.data, directory, progress=cfg.runtime.progress)
+    elif problems := prepared_mismatch(cfg.data, directory):
+        raise DataError(directory, "holds a dataset prepared from other data settings: " + "; ".join(problems)
+                        + ". Prepare it again (`rodpo data prepare --config ...` with the same settings) or point "
+                          "data.prepared_dir at another folder")

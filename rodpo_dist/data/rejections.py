@@ -55,11 +55,7 @@ class Rejections:
         if position is None:
             if data.times is None:
                 raise ValueError("rejections need the positives' times (Interactions.times)")
-            position = np.empty(len(users), np.int64)
-            for u in np.unique(users):
-                rows = np.flatnonzero(users == u)
-                seq_times = data.times[data.offsets[u - 1]:data.offsets[u]]
-                position[rows] = np.searchsorted(seq_times, times[rows], side="right")
+            position = _positions(data, users, times)
         else:
             position = np.asarray(position, np.int64)[keep]
         # never a positive of the same user
@@ -105,3 +101,21 @@ class Rejections:
         """The held-out rejected items of each of `users` (empty arrays for users without any)."""
         offsets, items, _ = self.by_user(num_users, heldout=True)
         return [items[offsets[u - 1]:offsets[u]] for u in np.asarray(users, np.int64)]
+
+
+def _positions(data: Interactions, users: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """For each (user, time): how many of the user's positives came at or before that time.
+
+    One stable sort of positives and rejections together by (user, time), a positive before a
+    rejection of the same time; a rejection's position is the positives sorted before it, less the
+    positives of earlier users."""
+    pos_users = np.repeat(np.arange(1, data.num_users + 1, dtype=np.int64), data.lengths)
+    all_users = np.concatenate([pos_users, users])
+    all_times = np.concatenate([np.asarray(data.times, np.float64), times])
+    is_rejection = np.concatenate([np.zeros(len(pos_users), np.int8), np.ones(len(users), np.int8)])
+    order = np.lexsort((is_rejection, all_times, all_users))
+    positives_before = np.cumsum(is_rejection[order] == 0)
+    position = np.empty(len(users), np.int64)
+    rejected = order >= len(pos_users)
+    position[order[rejected] - len(pos_users)] = positives_before[rejected]
+    return position - np.asarray(data.offsets, np.int64)[users - 1]

@@ -86,7 +86,8 @@ class Alignment(Recipe):
                  if cfg.pool.index == "ivf" else None)
         self.pool = CandidatePool(self.contexts, cfg.pool.k, index) if a.strategy in POOL_STRATEGIES else None
         self.num_items = self.data.manifest.num_items
-        self.q = (training_proposal(self.contexts.sequences, self.num_items, cfg.pretrain)  # the sampled CE's proposal
+        # the sampled CE's proposal
+        self.q = (training_proposal(self.contexts.sequences, self.num_items, cfg.pretrain, self.rt.device)
                   if a.ce_loss == "pretrain" else None)
         self.variant = "sdpo" if a.strategy == "sdpo" else ("pairwise" if a.num_negatives == 1 else "mean")
         # negatives are drawn per rank (each rank has its own contexts): one stream per rank, saved per rank

@@ -34,7 +34,7 @@ class ItemIndex:
         faiss.omp_set_num_threads(torch.get_num_threads())
         items = np.ascontiguousarray(table[1:].detach().float().cpu().numpy())
         n, dim = items.shape
-        self.lists = lists or max(1, min(n, round(4 * math.sqrt(n))))
+        self.lists = max(1, min(n, lists or round(4 * math.sqrt(n))))  # never more lists than items
         self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, self.lists, faiss.METRIC_INNER_PRODUCT)
         sample = items[np.sort(np.random.default_rng(seed).choice(n, min(n, 64 * self.lists), replace=False))]
         self.index.cp.seed = seed

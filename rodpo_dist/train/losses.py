@@ -157,12 +157,14 @@ def sampling_distribution(counts: torch.Tensor, kind: str, power: float) -> torc
     return (q / q.sum()).float()
 
 
-def training_proposal(sequences: list[np.ndarray], num_items: int, cfg: PretrainConfig) -> torch.Tensor | None:
-    """The sampled softmax's proposal from the training sequences' item counts (None for `loss: full`)."""
+def training_proposal(sequences: list[np.ndarray], num_items: int, cfg: PretrainConfig,
+                      device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """The sampled softmax's proposal from the training sequences' item counts, on `device` once for
+    the whole run (None for `loss: full`)."""
     if cfg.loss != "sampled":
         return None
     counts = np.bincount(np.concatenate(sequences), minlength=num_items + 1) if sequences else np.zeros(num_items + 1)
-    return sampling_distribution(torch.from_numpy(counts), cfg.sampling, cfg.popularity_power)
+    return sampling_distribution(torch.from_numpy(counts), cfg.sampling, cfg.popularity_power).to(device)
 
 
 def next_item_loss(model: SASRec, seq: torch.Tensor, cfg: Config,

@@ -115,7 +115,8 @@ def observed_slots(available: torch.Tensor, m: int, rejected: str, share: float,
                    generator: torch.Generator) -> torch.Tensor:
     """[C] how many of each context's m negative slots hold an observed rejection: 0 with `pool` or
     without any available; m with `observed`; with `mixed`, floor(share * m) plus one more with
-    probability frac(share * m) (so the expected count is share * m exactly)."""
+    probability frac(share * m), so a context with any available holds share * m of them on average
+    (the rest of its slots are the pool's)."""
     if rejected == "pool":
         return torch.zeros_like(available)
     if rejected == "observed":

@@ -53,7 +53,7 @@ class Pretraining(Recipe):
         super().__init__(cfg, cfg.pretrain)
         train = load_split(self.data.dir, "train").sequences
         lengths = np.array([len(s) for s in train])
-        self.q = training_proposal(train, self.data.manifest.num_items, cfg.pretrain)
+        self.q = training_proposal(train, self.data.manifest.num_items, cfg.pretrain, self.rt.device)
         steps = loader_steps(len(lengths), self.rt.world_size, cfg.data.num_workers,
                              cfg.pretrain.batch_size * cfg.pretrain.grad_accum)
         targets = int((np.minimum(lengths, cfg.model.max_len + 1) - 1).clip(min=0).sum())  # what collate keeps

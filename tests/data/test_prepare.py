@@ -101,3 +101,19 @@ def test_real_beauty_counts(tmp_path, data_config):
     assert (m.num_users, m.num_items, m.num_interactions) == (22_363, 12_101, 198_502)
     assert m.modalities["attr"].vocab_size == 639
     assert round(m.stats["avg_seq_len"], 1) == 8.9
+
+
+def test_a_dataset_prepared_from_other_settings_is_refused_not_reused(small_dir, data_config):
+    from rodpo_dist.config import Config
+    from rodpo_dist.data.prepare import ensure_prepared, prepared_mismatch
+
+    base = data_config(prepared_dir=str(small_dir))
+    assert prepared_mismatch(base, small_dir) == []
+    # how it is read and a subset of its modalities: the same dataset
+    assert prepared_mismatch(data_config(prepared_dir="elsewhere", shuffle_buffer=7, modalities=["attr"]), small_dir) == []
+    changed = data_config(prepared_dir=str(small_dir), min_user_items=3, synthetic={"num_items": 300})
+    assert prepared_mismatch(changed, small_dir) == ["data.min_user_items: 3, prepared with 5",
+                                                     "data.synthetic.num_items: 300, prepared with 200"]
+    with pytest.raises(DataError, match=r"prepared from other data settings: data\.min_user_items: 3, prepared with 5"):
+        ensure_prepared(Config(data=changed))
+    ensure_prepared(Config(data=base))  # fits: nothing to do

@@ -12,7 +12,7 @@ from rodpo_dist.config import Config, config_from_dict, config_hash
 from rodpo_dist.data import load_split
 from rodpo_dist.data.contexts import TrainingContexts
 from rodpo_dist.data.prepare import prepare, stats
-from rodpo_dist.data.rejections import Rejections
+from rodpo_dist.data.rejections import Rejections, _positions
 from rodpo_dist.data.synthetic import GroundTruth
 from rodpo_dist.train.negatives import observed_per_context
 
@@ -104,6 +104,21 @@ def test_no_rejection_at_or_after_a_validation_target_reaches_training(tmp_path)
                 usable = position[starts[c]:starts[c] + available[c]]
                 assert (usable <= target_index).all()
                 assert available[c] == (position[offsets[users[c] - 1]:offsets[users[c]]] <= target_index).sum()
+
+
+def test_positions_count_the_positives_at_or_before_each_rejection():
+    from rodpo_dist.data.sources import Interactions
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 9, size=50)
+    times = np.concatenate([np.sort(rng.integers(0, 20, size=n)) for n in lengths]).astype(np.float64)
+    data = Interactions(offsets=np.concatenate([[0], np.cumsum(lengths)]), items=np.ones(lengths.sum(), np.int64),
+                        num_items=1, times=times)
+    users = rng.integers(1, 51, size=400)
+    when = rng.integers(-1, 21, size=400).astype(np.float64)  # ties with positives' times included
+    expected = [np.searchsorted(data.times[data.offsets[u - 1]:data.offsets[u]], t, side="right")
+                for u, t in zip(users, when)]
+    assert _positions(data, users, when).tolist() == [int(e) for e in expected]
 
 
 def test_synthetic_rejections_are_exposed_unliked_and_never_consumed(data_config, tmp_path):

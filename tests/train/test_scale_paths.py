@@ -204,6 +204,19 @@ def test_ivf_pool_finds_most_of_the_exact_top_k():
         assert not np.isin(rows.numpy(), ctx.sequences[s]).any()
 
 
+def test_ivf_with_more_lists_than_items_uses_one_list_per_item():
+    """pool.ivf_lists is validated before the catalog is known: an index asked for more lists than
+    items makes one per item, and with every list probed its top-K is the exact one."""
+    from rodpo_dist.train.item_index import ItemIndex
+
+    table = torch.cat([torch.zeros(1, 8), torch.randn(30, 8, generator=torch.Generator().manual_seed(1))])
+    index = ItemIndex(table, lists=1000, probe=1000)
+    assert index.lists == 30
+    states = torch.randn(5, 8, generator=torch.Generator().manual_seed(2))
+    top = index.topk(states, 4, exclude=torch.full((5, 1), -1))
+    assert torch.equal(top.ids, (states @ table[1:].T).topk(4).indices + 1)
+
+
 def test_ivf_without_faiss_is_refused_up_front(monkeypatch):
     import importlib.util
 
