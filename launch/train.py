@@ -45,7 +45,7 @@ def prepare_if_missing(cfg: Config) -> None:
     waiting = dist.new_group(backend="gloo", timeout=timedelta(hours=6)) if dist.is_initialized() else None
     if not dist.is_initialized() or dist.get_rank() == 0:
         print(f"train.py: preparing {cfg.data.prepared_dir} (data.source={cfg.data.source})", file=sys.stderr)
-        ensure_prepared(cfg)
+        ensure_prepared(cfg, progress=False)
     if waiting is not None:
         dist.barrier(group=waiting)
         dist.destroy_process_group(waiting)

@@ -181,3 +181,22 @@ def test_study_plan_names_folders_by_settings_and_builds_variant_backbones():
         study_plan(load_config("configs/demo.yaml", ["study.variants={deeper: [model.layers=3]}"]), [0], [])
     with pytest.raises(Exception, match="moe.top_k"):
         study_plan(load_config("configs/demo.yaml", ["study.variants={moe: [moe.enabled=true, moe.top_k=3]}"]), [0], [])
+
+
+def test_a_study_checks_every_variants_data_before_any_training(tmp_path, monkeypatch):
+    from rodpo_dist.config import load_config
+    from rodpo_dist.data import DataError
+    from rodpo_dist.study import runner
+
+    tiny = ["data.synthetic.num_items=120", "data.synthetic.num_users=60", "data.synthetic.num_clusters=4",
+            "data.synthetic.max_seq_len=10", f"data.prepared_dir={tmp_path / 'data'}", f"runtime.run_dir={tmp_path / 'runs'}", "runtime.progress=false"]
+    monkeypatch.setattr(runner, "execute", lambda run: pytest.fail(f"{run.method} trained before every data check"))
+    changed = load_config("configs/demo.yaml", [*tiny, 'study.variants={text: ["data.modalities=[text]", '
+                                                       '"data.synthetic.num_items=90"]}'])
+    with pytest.raises(DataError, match=r"data\.synthetic\.num_items: 90, prepared with 120"):
+        runner.run_study(changed, [0], ["ce"], tmp_path / "out")
+    own = load_config("configs/demo.yaml", [*tiny, 'study.variants={text: ["data.modalities=[text]", '
+                                                   f'"data.synthetic.num_items=90", "data.prepared_dir={tmp_path / "d90"}"]}}'])
+    with pytest.raises(pytest.fail.Exception, match="trained before every data check"):
+        runner.run_study(own, [0], ["ce"], tmp_path / "out")
+    assert (tmp_path / "d90" / "manifest.json").is_file()  # a variant's own folder is prepared up front

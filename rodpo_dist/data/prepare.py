@@ -240,32 +240,61 @@ def stats(directory: str | Path) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-# data settings that say how a prepared dataset is read or laid out, not what it holds
-LAYOUT_ONLY = frozenset({"prepared_dir", "read_chunk_rows", "users_per_shard", "items_per_shard", "shuffle_buffer",
-                         "length_window", "num_workers"})
+# data settings that say how a prepared dataset is read or laid out, not what it holds (and `modalities`,
+# which may be any subset of the prepared ones)
+LAYOUT_ONLY = ("prepared_dir", "read_chunk_rows", "users_per_shard", "items_per_shard", "item_block_size",
+               "shuffle_buffer", "length_window", "num_workers", "modalities")
+# the settings each source never reads (prefixes of flattened keys)
+_FILE_ONLY = ("columns.", "items.", "min_rating", "max_dislike_rating", "dislike_events", "min_user_items",
+              "min_item_users")
+IGNORED_BY_SOURCE = {"synthetic": ("path", "name", "text_encoder", *_FILE_ONLY), "s3rec": ("synthetic.", *_FILE_ONLY),
+                     "interactions": ("synthetic.",), "recbole": ("synthetic.",)}
+# the settings only one modality reads
+MODALITY_OF = {"text_encoder": "text", "items.text": "text", "items.attributes": "attr", "items.separator": "attr"}
+PATHS = ("path", "items.path", "feature_files.")
+
+
+def _unused(key: str, cfg: DataConfig) -> bool:
+    """Whether `key` (flattened, under data.) cannot change the dataset `cfg` reads."""
+    if key.startswith(LAYOUT_ONLY + IGNORED_BY_SOURCE[cfg.source]):
+        return True
+    if key.startswith(("feature_files.", "items.vectors.")):
+        return key.rsplit(".", 1)[1] not in cfg.modalities
+    return key in MODALITY_OF and MODALITY_OF[key] not in cfg.modalities
+
+
+def _same(key: str, a: Any, b: Any) -> bool:
+    """Equal settings; paths are equal when they name the same file from here."""
+    if a == b:
+        return True
+    is_path = key.startswith(PATHS) and isinstance(a, str) and isinstance(b, str) and a and b
+    return bool(is_path) and Path(a).resolve() == Path(b).resolve()
 
 
 def prepared_mismatch(cfg: DataConfig, directory: str | Path) -> list[str]:
-    """The settings of `cfg` that the dataset prepared in `directory` was built without (empty: it fits).
+    """The data settings of `cfg` that the dataset prepared in `directory` was built without (empty: it fits).
 
-    Every setting that decides the dataset's content must equal the one it was prepared with (a
-    setting added since then counts at its default); `data.modalities` may be a subset of the
-    prepared ones, and `data.text_encoder` matters only when text is used."""
+    Every setting that decides what `cfg`'s source and modalities read must equal the one the dataset
+    was prepared with (a setting missing on either side counts at its default); `data.modalities` may
+    be a subset of the prepared ones; how the dataset is read or laid out may differ."""
     saved_cfg = load_manifest(directory).source["config"]
     saved, now, defaults = (flatten(c) for c in (saved_cfg, dataclasses.asdict(cfg), dataclasses.asdict(DataConfig())))
-    skip = LAYOUT_ONLY | {"modalities"} | (set() if "text" in cfg.modalities else {"text_encoder"})
-    problems = [f"data.{k}: {now[k]!r}, prepared with {saved.get(k, defaults.get(k))!r}"
-                for k in sorted(now) if k not in skip and now[k] != saved.get(k, defaults.get(k))]
+    problems = []
+    for key in sorted(saved.keys() | now.keys()):
+        a, b = now.get(key, defaults.get(key)), saved.get(key, defaults.get(key))
+        if not _unused(key, cfg) and not _same(key, a, b):
+            problems.append(f"data.{key}: {a!r}, prepared with {b!r}")
     if absent := [m for m in cfg.modalities if m not in saved_cfg.get("modalities", [])]:
         problems.append(f"data.modalities: {', '.join(absent)} not prepared (prepared: {saved_cfg.get('modalities')})")
     return problems
 
 
-def ensure_prepared(cfg: Config) -> None:
-    """Prepare `data.prepared_dir` when it holds no dataset; refuse one prepared from other data settings."""
+def ensure_prepared(cfg: Config, progress: bool | None = None) -> None:
+    """Prepare `data.prepared_dir` when it holds no dataset (with progress bars unless `progress` or
+    `runtime.progress` is false); refuse one prepared from other data settings (`prepared_mismatch`)."""
     directory = Path(cfg.data.prepared_dir)
     if not (directory / MANIFEST_FILE).is_file():
-        prepare(cfg.data, directory, progress=cfg.runtime.progress)
+        prepare(cfg.data, directory, progress=cfg.runtime.progress if progress is None else progress)
     elif problems := prepared_mismatch(cfg.data, directory):
         raise DataError(directory, "holds a dataset prepared from other data settings: " + "; ".join(problems)
                         + ". Prepare it again (`rodpo data prepare --config ...` with the same settings) or point "

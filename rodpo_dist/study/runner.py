@@ -132,12 +132,13 @@ def run_study(cfg: Config, seeds: list[int], methods: list[str], out: str | Path
 
     out = Path(out)
     plan = study_plan(cfg, seeds, methods, variants)
-    ensure_prepared(cfg)
-    manifest = load_manifest(cfg.data.prepared_dir)
-    catalog = {"num_users": manifest.num_users, "num_items": manifest.num_items,
-               "num_interactions": manifest.num_interactions}
+    for run in plan:  # before any training: a variant may read other data (its own settings or prepared_dir)
+        ensure_prepared(run.cfg)
     records, command = [], command_line()
     for run in plan:
+        manifest = load_manifest(run.cfg.data.prepared_dir)
+        catalog = {"num_users": manifest.num_users, "num_items": manifest.num_items,
+                   "num_interactions": manifest.num_interactions}
         result, final = execute(run)
         record = make_record(run.cfg, run.method, result, final, final.get("wall_time_s", 0.0), command, run.folder,
                              catalog)
@@ -195,7 +196,8 @@ def run_sweep(cfg: Config, grid: list[str], mode: str, methods: list[str], seed:
     base = dataclasses.replace(cfg, stage="pretrain", init="")
     base = dataclasses.replace(base, eval=dataclasses.replace(base.eval, report_test=False))
     points = [(overrides, with_overrides(base, overrides, f"sweep point {overrides}")) for overrides in grid_points(grid, mode)]
-    ensure_prepared(cfg)
+    for config in (cfg, *(point for _, point in points)):  # a point that changes data.* must find its own dataset
+        ensure_prepared(config)
     backbone = backbone_run(base, seed)
     backbone_valid = execute(backbone)[0]["valid"]
     path = out / "sweep.json"

@@ -103,17 +103,37 @@ def test_real_beauty_counts(tmp_path, data_config):
     assert round(m.stats["avg_seq_len"], 1) == 8.9
 
 
-def test_a_dataset_prepared_from_other_settings_is_refused_not_reused(small_dir, data_config):
+def test_a_dataset_prepared_from_other_settings_is_refused_not_reused(small_dir, data_config, tmp_path):
     from rodpo_dist.config import Config
     from rodpo_dist.data.prepare import ensure_prepared, prepared_mismatch
 
+    (tmp_path / "other.npy").touch()
     base = data_config(prepared_dir=str(small_dir))
     assert prepared_mismatch(base, small_dir) == []
-    # how it is read and a subset of its modalities: the same dataset
-    assert prepared_mismatch(data_config(prepared_dir="elsewhere", shuffle_buffer=7, modalities=["attr"]), small_dir) == []
-    changed = data_config(prepared_dir=str(small_dir), min_user_items=3, synthetic={"num_items": 300})
-    assert prepared_mismatch(changed, small_dir) == ["data.min_user_items: 3, prepared with 5",
+    # how it is read, a subset of its modalities, what its source or unused modalities never read: the same dataset
+    for same in ({"prepared_dir": "elsewhere", "shuffle_buffer": 7, "item_block_size": 8, "modalities": ["attr"]},
+                 {"min_user_items": 3, "text_encoder": "other-encoder", "columns": {"user": "uid"}},
+                 {"modalities": ["attr"], "feature_files": {"image": str(tmp_path / "other.npy")}}):
+        assert prepared_mismatch(data_config(**same), small_dir) == [], same
+    changed = data_config(prepared_dir=str(small_dir), feature_dtype="float16", synthetic={"num_items": 300})
+    assert prepared_mismatch(changed, small_dir) == ["data.feature_dtype: 'float16', prepared with 'float32'",
                                                      "data.synthetic.num_items: 300, prepared with 200"]
-    with pytest.raises(DataError, match=r"prepared from other data settings: data\.min_user_items: 3, prepared with 5"):
+    with pytest.raises(DataError, match=r"prepared from other data settings: data\.feature_dtype: 'float16'"):
         ensure_prepared(Config(data=changed))
     ensure_prepared(Config(data=base))  # fits: nothing to do
+
+
+def test_a_file_source_is_compared_by_the_file_it_names(tmp_path, data_config, monkeypatch):
+    from rodpo_dist.data.prepare import prepared_mismatch
+
+    (tmp_path / "inter.csv").write_text("user,item,timestamp\n" + "".join(
+        f"u{u},i{(u + k) % 7},{k}\n" for u in range(6) for k in range(5)))
+    monkeypatch.chdir(tmp_path)
+    cfg = data_config(source="interactions", path="inter.csv", modalities=[], min_item_users=1)
+    prepare(cfg, tmp_path / "prepared", progress=False)
+    absolute = data_config(source="interactions", path=str(tmp_path / "inter.csv"), modalities=[], min_item_users=1)
+    assert prepared_mismatch(absolute, tmp_path / "prepared") == []
+    (tmp_path / "other.csv").write_text((tmp_path / "inter.csv").read_text())
+    assert prepared_mismatch(data_config(source="interactions", path="other.csv", modalities=[], min_item_users=1,
+                                         min_user_items=4), tmp_path / "prepared") == [
+        "data.min_user_items: 4, prepared with 5", "data.path: 'other.csv', prepared with 'inter.csv'"]
