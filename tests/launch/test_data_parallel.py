@@ -41,28 +41,42 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_two_ranks_equal_one_rank_with_the_same_global_batch(case, data_dir, one_rank, tmp_path):
-    launcher, extra, env = CASES[case]
-    train(launcher(), tmp_path / "two", data_dir, *extra, env=env)
-    torch.testing.assert_close(train_losses(tmp_path / "two"), train_losses(one_rank), rtol=0, atol=1e-4)
+def assert_same_training(two: Path, one: Path) -> None:
+    """Two runs took the same steps: every step's loss and pre-clip gradient norm, and the final weights."""
+    torch.testing.assert_close(train_losses(two), train_losses(one), rtol=0, atol=1e-4)
     # the pre-clip gradient norm of every step: clipping and Adam hide a constant factor (ranks' gradients
     # summed instead of averaged) from the losses and weights, not from this
-    norms = [r["grad_norm"] for r in records(one_rank, "train")]
+    norms = [r["grad_norm"] for r in records(one, "train")]
     assert min(norms) > 1.0  # clipped at 1.0: the weights could not tell
-    torch.testing.assert_close([r["grad_norm"] for r in records(tmp_path / "two", "train")], norms, rtol=1e-4, atol=0)
-    one = load_file(str(one_rank / "pretrain" / "best" / "model.safetensors"))
-    two = load_file(str(tmp_path / "two" / "pretrain" / "best" / "model.safetensors"))
-    assert one.keys() == two.keys()
-    for key in one:  # same samples per step, summed in another order: fp32 rounding through Adam
-        a, b = two[key], one[key]
+    torch.testing.assert_close([r["grad_norm"] for r in records(two, "train")], norms, rtol=1e-4, atol=0)
+    weights_one = load_file(str(one / "pretrain" / "best" / "model.safetensors"))
+    weights_two = load_file(str(two / "pretrain" / "best" / "model.safetensors"))
+    assert weights_one.keys() == weights_two.keys()
+    for key in weights_one:  # same samples per step, summed in another order: fp32 rounding through Adam
+        a, b = weights_two[key], weights_one[key]
         if key.endswith(".attn.kv.bias"):
             # the key bias has an exactly zero gradient (softmax is shift invariant): Adam turns its
             # rounding noise into steps of up to lr, so only the value half is compared tightly
             torch.testing.assert_close(a[: len(a) // 2], b[: len(b) // 2], rtol=0, atol=1e-2, msg=key)
             a, b = a[len(a) // 2:], b[len(b) // 2:]
         torch.testing.assert_close(a, b, rtol=0, atol=2e-4, msg=key)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_ranks_equal_one_rank_with_the_same_global_batch(case, data_dir, one_rank, tmp_path):
+    launcher, extra, env = CASES[case]
+    train(launcher(), tmp_path / "two", data_dir, *extra, env=env)
+    assert_same_training(tmp_path / "two", one_rank)
     assert (tmp_path / "two" / "pretrain" / "best" / "rank1.pt").is_file()
+
+
+def test_two_ranks_equal_one_rank_with_the_sparse_item_table(data_dir, tmp_path):
+    """model.sparse_item_table end to end under torchrun: each rank's row gradients gathered by row and
+    averaged, then LazyAdamW, step for step as one process with the same global batch."""
+    sparse = "model.sparse_item_table=true"
+    train([sys.executable], tmp_path / "one", data_dir, "pretrain.batch_size=32", sparse)
+    train(torchrun(), tmp_path / "two", data_dir, "pretrain.batch_size=16", sparse)
+    assert_same_training(tmp_path / "two", tmp_path / "one")
 
 
 def test_expert_parallel_run_trains_and_its_checkpoint_evaluates_the_same_on_one_process(data_dir, tmp_path):
