@@ -132,6 +132,40 @@ def test_just_in_time_refresh_equals_the_full_refresh_on_its_contexts():
     assert (jit.ids[others] == -1).all()  # nothing else was scored
 
 
+def test_every_batch_draws_from_contexts_its_latest_just_in_time_refresh_scored(tmp_path, monkeypatch):
+    """pool.scope=upcoming over 2 epochs of 8 steps with refreshes every 3 steps (and no
+    pool.refresh_each_epoch: the new epoch's first batch must still be scored): the pool rows each
+    step reads were all scored by the latest refresh, never left over from an earlier one."""
+    tiny = [*TINY, f"data.prepared_dir={tmp_path}/data", f"runtime.run_dir={tmp_path}/runs", "pretrain.epochs=1"]
+    base = load_config(None, tiny)
+    prepare(base.data, base.data.prepared_dir, progress=False)
+    pretrain(base)
+    cfg = load_config(None, [*tiny, "stage=align", f"init={tmp_path}/runs/pretrain/best", "align.epochs=2",
+                             "pool.refresh_steps=3", "pool.refresh_each_epoch=false"])
+    events: list[tuple[str, set[int]]] = []
+    refresh, rows = CandidatePool.refresh, CandidatePool.rows
+
+    def recording_refresh(pool, *args, sequences=None, **kwargs):
+        seqs = range(pool.contexts.num_sequences) if sequences is None else sequences
+        events.append(("refresh", {r for i in seqs for r in range(pool.contexts.offsets[i], pool.contexts.offsets[i + 1])}))
+        return refresh(pool, *args, sequences=sequences, **kwargs)
+
+    def recording_rows(pool, context_ids):
+        events.append(("rows", set(context_ids.tolist())))
+        return rows(pool, context_ids)
+
+    monkeypatch.setattr(CandidatePool, "refresh", recording_refresh)
+    monkeypatch.setattr(CandidatePool, "rows", recording_rows)
+    align(cfg)
+    refreshes = [i for i, (kind, _) in enumerate(events) if kind == "refresh"]
+    reads = [i for i, (kind, _) in enumerate(events) if kind == "rows"]
+    assert refreshes[0] < reads[0] and len(refreshes) >= 6 and len(reads) >= 12
+    for i in reads:
+        latest = max(r for r in refreshes if r < i)
+        assert events[i][1] <= events[latest][1], f"read {i} uses contexts the refresh at event {latest} did not score"
+    assert max(len(events[r][1]) for r in refreshes) < sum(len(events[i][1]) for i in reads) / 2  # each a part
+
+
 def test_validation_sample_is_fixed_and_a_subset():
     rng = np.random.default_rng(0)
     contexts = Contexts(np.arange(1, 101), [rng.integers(1, 50, 4) for _ in range(100)], np.arange(100))
