@@ -132,6 +132,26 @@ MUTATIONS = [
              'find_packages(include=["rodpo_dist", "rodpo_dist.*"])',
              'find_packages(include=["rodpo_dist", "rodpo_dist.*"], exclude=["rodpo_dist.study"])',
              ("tests/test_packaging.py",)),
+    # ---------------------------------------------------------------- added 2026-12-05
+    Mutation("sparse-rows-summed", "the sparse item table's row gradients summed over ranks instead of averaged",
+             "rodpo_dist/train/engine.py", "                                            world_size)",
+             "                                            1)",
+             ("tests/launch/test_data_parallel.py::test_two_ranks_equal_one_rank_with_the_sparse_item_table",)),
+    Mutation("jit-pool-no-epoch-refresh", "the just-in-time pool is not refreshed when a new epoch starts",
+             "rodpo_dist/train/align.py", "refresh_epoch = (pool.refresh_each_epoch or upcoming) and",
+             "refresh_epoch = pool.refresh_each_epoch and",
+             ("tests/train/test_scale_paths.py::test_every_batch_draws_from_contexts_its_latest_just_in_time"
+              "_refresh_scored",)),
+    Mutation("stale-prepared-data", "a dataset prepared from other data settings is reused",
+             "rodpo_dist/data/prepare.py", "elif problems := prepared_mismatch(cfg.data, directory):",
+             "elif problems := []:",
+             ("tests/data/test_prepare.py", "tests/test_study.py::test_a_study_checks_every_variants_data_before_any"
+                                            "_training")),
+    Mutation("rejection-tie-before-positive", "a rejection at a positive's time counts as before it (the validation "
+                                              "target's time leaks into training)",
+             "rodpo_dist/data/rejections.py", "order = np.lexsort((is_rejection, all_times, all_users))",
+             "order = np.lexsort((-is_rejection, all_times, all_users))",
+             ("tests/data/test_rejections.py",)),
 ]
 
 IGNORED = shutil.ignore_patterns(".git", ".venv", "runs", "data_cache", "build", "*.egg-info", "__pycache__",
