@@ -36,7 +36,10 @@ and a killed RecBole training continues from its last finished epoch):
 
 Wall times: RecBole's is the sum of its epochs (training + validation), from `Trainer.fit`'s first
 epoch (after dataset building); ours is the validation record's time minus the run folder's creation
-(`run.json`, after data preparation). Both run with `--threads` torch threads (default 1).
+(`run.json`, after data preparation). Both run with `--threads` torch threads (default 1), on the
+CPU or, with `--device cuda`, on the GPU. `--max-seconds` stops each RecBole run after the epoch that
+passes that much of its clock (marked unfinished; the same command continues it);
+`benchmarks/peers_device.sh` runs the three Amazon datasets this way on a GPU machine.
 
 Compatibility shims with the pinned numpy 2 and torch 2.13 (RecBole 1.2.1 was released for numpy 1
 and torch < 2.6) live here, in `import_recbole` and `PeerTrainer`, each with its reason.
@@ -87,7 +90,8 @@ def import_recbole() -> dict[str, Any]:
             "SASRec": SASRec, "Trainer": Trainer, "init_logger": init_logger, "init_seed": init_seed}
 
 
-def recbole_settings(variant: str, model_cfg: Any, max_len: int, ks: tuple[int, ...] = (5, 10, 20)) -> dict[str, Any]:
+def recbole_settings(variant: str, model_cfg: Any, max_len: int, ks: tuple[int, ...] = (5, 10, 20),
+                     device: str = "cpu") -> dict[str, Any]:
     """RecBole config dict of a variant (see module docstring, step 3); `model_cfg` only for `ours`."""
     settings: dict[str, Any] = {
         "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
@@ -96,7 +100,7 @@ def recbole_settings(variant: str, model_cfg: Any, max_len: int, ks: tuple[int, 
         "user_inter_num_interval": "[0,inf)", "item_inter_num_interval": "[0,inf)",
         "metrics": ["Hit", "NDCG", "MRR"], "topk": list(ks), "valid_metric": "NDCG@10",
         "loss_type": "CE", "train_neg_sample_args": None,  # CE is a full softmax: RecBole requires no sampler
-        "use_gpu": False, "show_progress": False, "log_wandb": False, "save_dataset": False,
+        "use_gpu": device != "cpu", "show_progress": False, "log_wandb": False, "save_dataset": False,
         "save_dataloaders": False, "state": "INFO", "MAX_ITEM_LIST_LENGTH": max_len,
     }
     if variant == "ours":
@@ -177,6 +181,10 @@ def check_split(split: RecBoleSplit, full: Any, max_len: int) -> None:
             raise AssertionError(f"user {user}: RecBole's training rows differ from the prepared training sequence")
 
 
+class TimeBudgetSpent(Exception):
+    """`--max-seconds`: a RecBole run's clock passed its budget at the end of an epoch (state saved)."""
+
+
 def peer_trainer_class(Trainer: type) -> type:
     class PeerTrainer(Trainer):
         """RecBole's Trainer with: validation under the masked rule (when `history` is set), a wall
@@ -192,8 +200,8 @@ def peer_trainer_class(Trainer: type) -> type:
         history: tuple[torch.Tensor, torch.Tensor] | None = None
         """Masked rule: (offsets [U+1], items) of each RecBole user's history in RecBole item ids."""
 
-        def setup_peer(self, state_path: Path, seed: int) -> None:
-            self.state_path, self.seed = state_path, seed
+        def setup_peer(self, state_path: Path, seed: int, max_seconds: float | None = None) -> None:
+            self.state_path, self.seed, self.max_seconds = state_path, seed, max_seconds
             self.clock, self.curve, self.best_state, self.best_epoch = 0.0, [], None, -1
 
         def _full_sort_batch_eval(self, batched_data):
@@ -205,7 +213,7 @@ def peer_trainer_class(Trainer: type) -> type:
                 rows = torch.repeat_interleave(torch.arange(len(uid)), counts)
                 starts = torch.repeat_interleave(offsets[uid], counts)
                 within = torch.arange(len(rows)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-                scores[rows, items[starts + within]] = -np.inf
+                scores[rows.to(scores.device), items[starts + within].to(scores.device)] = -np.inf
             return interaction, scores, positive_u, positive_i
 
         def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
@@ -236,6 +244,9 @@ def peer_trainer_class(Trainer: type) -> type:
             tmp = self.state_path.with_suffix(".tmp")
             torch.save(state, tmp)
             tmp.replace(self.state_path)
+            last = state["stopped"] or epoch_idx + 1 >= self.epochs
+            if self.max_seconds is not None and self.clock >= self.max_seconds and not last:
+                raise TimeBudgetSpent(epoch_idx + 1)
 
         def load_state(self) -> bool:
             """Continue from `state_path` when present; returns whether training had already stopped.
@@ -304,7 +315,7 @@ def recbole_final(trainer: Any, split: RecBoleSplit, full: Any, ks: list[int]) -
         ranks: dict[str, list[torch.Tensor]] = {"masked": [], "unmasked": []}
         with torch.no_grad():
             for interaction, _, _, _ in loader:
-                rb_scores = model.full_sort_predict(interaction)
+                rb_scores = model.full_sort_predict(interaction.to(trainer.device)).float().cpu()
                 scores = torch.full((len(rb_scores), items.max() + 1), -torch.inf)
                 scores[:, torch.as_tensor(items[1:])] = rb_scores[:, 1:]
                 ours = users[interaction["user_id"].numpy()]
@@ -323,21 +334,27 @@ def recbole_final(trainer: Any, split: RecBoleSplit, full: Any, ks: list[int]) -
 
 
 def run_recbole(variant: str, cfg: Any, atomic_root: Path, name: str, full: Any, folder: Path, seed: int,
-                max_epochs: int | None, train: bool = True) -> dict[str, Any] | None:
+                max_epochs: int | None, train: bool = True, device: str = "cpu",
+                max_seconds: float | None = None) -> dict[str, Any] | None:
     """Train (or continue) one RecBole variant in `folder`; returns and saves its result.
 
-    Without `train`, an unfinished run is only evaluated from its best weights so far (result marked
-    `finished: false`, not saved as final); None when it has not started."""
-    result_path = folder / "result.json"
+    Without `train`, or when its clock passes `max_seconds` first, an unfinished run is only evaluated
+    from its best weights so far (result marked `finished: false`, saved as `partial.json`: the same
+    command continues it); None when it has not started."""
+    result_path, partial_path, state_path = folder / "result.json", folder / "partial.json", folder / "state.pt"
     if result_path.is_file():
         return json.loads(result_path.read_text())
-    if not train and not (folder / "state.pt").is_file():
+    if not train and not state_path.is_file():
         return None
+    if not train and partial_path.is_file():  # evaluated already, if at the last saved epoch
+        partial = json.loads(partial_path.read_text())
+        if partial["epochs_run"] == torch.load(state_path, weights_only=True)["epoch"] + 1:
+            return partial
     folder.mkdir(parents=True, exist_ok=True)
     cwd = os.getcwd()
     os.chdir(folder)  # RecBole writes log/ and log_tensorboard/ into the working directory
     try:
-        settings = recbole_settings(variant, cfg.model, cfg.model.max_len, tuple(cfg.eval.ks))
+        settings = recbole_settings(variant, cfg.model, cfg.model.max_len, tuple(cfg.eval.ks), device)
         settings["checkpoint_dir"] = str(folder / "saved")
         if max_epochs is not None:
             settings["epochs"] = max_epochs
@@ -349,23 +366,29 @@ def run_recbole(variant: str, cfg: Any, atomic_root: Path, name: str, full: Any,
         rb = import_recbole()
         model = rb["SASRec"](split.config, split.train.dataset).to(split.config["device"])
         trainer = peer_trainer_class(rb["Trainer"])(split.config, model)
-        trainer.setup_peer(folder / "state.pt", seed)
+        trainer.setup_peer(state_path, seed, max_seconds)
         trainer.history = history_index(split, full, cut=2)
         stopped = trainer.load_state()
         if trainer.start_epoch:
             print(f"[{variant}] continuing after epoch {trainer.start_epoch} ({trainer.clock:.0f} s so far)", flush=True)
+        finished = stopped
         if train and not stopped:
-            trainer.fit(split.train, split.valid, verbose=True, saved=True, show_progress=False,
-                        callback_fn=trainer.save_state)
+            try:
+                trainer.fit(split.train, split.valid, verbose=True, saved=True, show_progress=False,
+                            callback_fn=trainer.save_state)
+                finished = True
+            except TimeBudgetSpent as spent:
+                print(f"[{variant}] time budget of {max_seconds:.0f} s spent after epoch {spent.args[0]}: "
+                      "unfinished (run the command again to continue)", flush=True)
         result = {"variant": variant, "settings": {k: v for k, v in split.config.final_config_dict.items()
                                                    if k in RECORDED_SETTINGS},
                   "curve": trainer.curve, "best_epoch": trainer.best_epoch,
-                  "epochs_run": len(trainer.curve), "finished": bool(train or stopped),
+                  "epochs_run": len(trainer.curve), "finished": bool(finished),
                   "seconds_to_best": next(c["seconds"] for c in trainer.curve if c["epoch"] == trainer.best_epoch),
                   "seconds_total": trainer.clock,
                   "num_parameters": sum(p.numel() for p in model.parameters()),
                   **recbole_final(trainer, split, full, list(cfg.eval.ks))}
-        (result_path if result["finished"] else folder / "partial.json").write_text(json.dumps(result, indent=1))
+        (result_path if result["finished"] else partial_path).write_text(json.dumps(result, indent=1))
         return result
     finally:
         os.chdir(cwd)
@@ -379,7 +402,7 @@ RECORDED_SETTINGS = ("hidden_size", "n_layers", "n_heads", "inner_size", "hidden
 # ------------------------------------------------------------------------------------------ our backbone
 
 def run_ours(cfg: Any, config_path: str, overrides: list[str], folder: Path, threads: int,
-             train: bool = True) -> dict[str, Any]:
+             train: bool = True, device: str = "cpu") -> dict[str, Any]:
     """Our backbone's pretraining run (found again or trained), its curve and both rules' metrics."""
     from rodpo_dist.data.dataset import load_dataset
     from rodpo_dist.data.batching import sorted_batches
@@ -398,8 +421,8 @@ def run_ours(cfg: Any, config_path: str, overrides: list[str], folder: Path, thr
     if not (run / "report.json").is_file():
         if not train:
             raise SystemExit(f"--no-train: our backbone's run {run} has not finished")
-        cmd = [str(Path(sys.executable).parent / "rodpo"), "pretrain", "--config", config_path, "--resume", "auto",
-               *overrides, "runtime.progress=false"]
+        cmd = [sys.executable, "-m", "rodpo_dist.cli", "pretrain", "--config", config_path, "--resume", "auto",
+               *overrides, "runtime.progress=false", f"runtime.device={device}"]
         print("training our backbone:", shlex.join(cmd), flush=True)
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
         identity = json.loads((run / "run.json").read_text())
@@ -508,6 +531,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every tool")
     parser.add_argument("--seed", type=int, default=None, help="RecBole's seed (default: runtime.seed of the config)")
     parser.add_argument("--max-epochs", type=int, default=None, help="cap RecBole's epochs (default: its own, 300)")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="stop each RecBole run after the epoch that passes this many seconds of its clock "
+                             "(unfinished, resumable; default: no budget)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where both tools train (default cpu)")
     parser.add_argument("--no-train", action="store_true",
                         help="train nothing: report finished runs, and unfinished RecBole runs from their best epoch so far")
     parser.add_argument("--results", type=Path, help="Markdown file whose section for this dataset is replaced")
@@ -531,7 +558,7 @@ def main() -> None:
     started = machine()
     print("machine:", started, flush=True)
 
-    ours = run_ours(cfg, args.config, args.overrides, folder, args.threads, train=not args.no_train)
+    ours = run_ours(cfg, args.config, args.overrides, folder, args.threads, train=not args.no_train, device=args.device)
     print(f"our backbone: best epoch {ours['best_epoch']} at {ours['seconds_to_best']:.0f} s, test NDCG@10 "
           f"{ours['test_masked']['ndcg@10']:.4f} (masked)", flush=True)
     peers = {}
@@ -540,7 +567,8 @@ def main() -> None:
         parser.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     for variant in variants:
         result = run_recbole(variant, cfg, atomic, name, full, (folder / f"recbole-{variant}").resolve(),
-                             seed, args.max_epochs, train=not args.no_train)
+                             seed, args.max_epochs, train=not args.no_train, device=args.device,
+                             max_seconds=args.max_seconds)
         if result is None:
             print(f"RecBole {variant}: not started (--no-train)", flush=True)
             continue

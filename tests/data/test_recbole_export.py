@@ -115,3 +115,26 @@ def test_recbole_own_dataset_reproduces_the_split(prepared, tmp_path, monkeypatc
     bench.check_split(split, full_sequences(prepared), max_len=50)  # raises on any difference
     checked = bench.split_sequences(split)
     assert sorted(checked["test"]) == list(range(1, 41))
+
+
+def test_a_recbole_run_stops_at_its_time_budget_and_the_same_command_continues_it(prepared, tmp_path, monkeypatch):
+    """`bench_peers.py --max-seconds`: RecBole stops after the epoch that spends the budget, its result
+    marked unfinished (`partial.json`); the same call without the budget continues from that epoch."""
+    pytest.importorskip("recbole")
+    spec = importlib.util.spec_from_file_location("bench_peers", ROOT / "benchmarks" / "bench_peers.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_peers", bench)
+    spec.loader.exec_module(bench)
+    monkeypatch.chdir(tmp_path)
+    export_recbole(prepared, tmp_path / "atomic" / "Tiny", "Tiny")
+    cfg, full, folder = config_from_dict({}), full_sequences(prepared), tmp_path / "defaults"
+    run = dict(variant="defaults", cfg=cfg, atomic_root=tmp_path / "atomic", name="Tiny", full=full, folder=folder,
+               seed=0, max_epochs=3)
+    first = bench.run_recbole(**run, max_seconds=0.0)
+    assert not first["finished"] and first["epochs_run"] == 1
+    assert (folder / "partial.json").is_file() and not (folder / "result.json").is_file()
+    assert bench.run_recbole(**run, train=False) == first  # read as it stands, not evaluated again
+    done = bench.run_recbole(**run)
+    assert done["finished"] and done["epochs_run"] == 3 and (folder / "result.json").is_file()
+    assert done["curve"][0] == first["curve"][0]  # the first epoch was kept, not trained again
+    assert bench.run_recbole(**run) == done  # finished: found again
