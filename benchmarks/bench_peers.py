@@ -100,7 +100,8 @@ def recbole_settings(variant: str, model_cfg: Any, max_len: int, ks: tuple[int, 
         "user_inter_num_interval": "[0,inf)", "item_inter_num_interval": "[0,inf)",
         "metrics": ["Hit", "NDCG", "MRR"], "topk": list(ks), "valid_metric": "NDCG@10",
         "loss_type": "CE", "train_neg_sample_args": None,  # CE is a full softmax: RecBole requires no sampler
-        "use_gpu": device != "cpu", "show_progress": False, "log_wandb": False, "save_dataset": False,
+        # RecBole sets CUDA_VISIBLE_DEVICES to gpu_id: keep the one the machine gave
+        "use_gpu": device != "cpu", "gpu_id": os.environ.get("CUDA_VISIBLE_DEVICES", "0"), "show_progress": False, "log_wandb": False, "save_dataset": False,
         "save_dataloaders": False, "state": "INFO", "MAX_ITEM_LIST_LENGTH": max_len,
     }
     if variant == "ours":
@@ -255,7 +256,7 @@ def peer_trainer_class(Trainer: type) -> type:
             not the order an uninterrupted run would have drawn."""
             if not self.state_path.is_file():
                 return False
-            state = torch.load(self.state_path, weights_only=True)
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.start_epoch, self.cur_step = state["epoch"] + 1, state["cur_step"]
@@ -348,7 +349,7 @@ def run_recbole(variant: str, cfg: Any, atomic_root: Path, name: str, full: Any,
         return None
     if not train and partial_path.is_file():  # evaluated already, if at the last saved epoch
         partial = json.loads(partial_path.read_text())
-        if partial["epochs_run"] == torch.load(state_path, weights_only=True)["epoch"] + 1:
+        if partial["epochs_run"] == torch.load(state_path, map_location="cpu", weights_only=True)["epoch"] + 1:
             return partial
     folder.mkdir(parents=True, exist_ok=True)
     cwd = os.getcwd()
@@ -452,8 +453,11 @@ def run_ours(cfg: Any, config_path: str, overrides: list[str], folder: Path, thr
             for rule, parts in ranks.items():
                 out[f"{name}_{rule}"] = metrics_of(torch.cat(parts), list(cfg.eval.ks))
     best_key = next(k for k in report if "(test)" in k)
-    for k, v in report[best_key].items():  # the run's own report (masked rule) must agree
-        if k in out["test_masked"] and abs(out["test_masked"][k] - v) > 1e-6:
+    # the run's own report (masked rule) must agree; trained on a GPU, its report's scores came from
+    # there, and a near tie may order differently here (one flip moves a metric by < 1 / test users)
+    tolerance = 1e-6 if device == "cpu" else 20 / len(data.test)
+    for k, v in report[best_key].items():
+        if k in out["test_masked"] and abs(out["test_masked"][k] - v) > tolerance:
             raise AssertionError(f"our backbone's test {k}: recomputed {out['test_masked'][k]} != report {v}")
     selection = cfg.eval.metric
     best = max(curve, key=lambda c: c[selection])
@@ -534,6 +538,8 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="stop each RecBole run after the epoch that passes this many seconds of its clock "
                              "(unfinished, resumable; default: no budget)")
+    parser.add_argument("--peers-only", action="store_true",
+                        help="train the RecBole variants only (no backbone, no table): for running them beside it")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where both tools train (default cpu)")
     parser.add_argument("--no-train", action="store_true",
                         help="train nothing: report finished runs, and unfinished RecBole runs from their best epoch so far")
@@ -558,11 +564,13 @@ def main() -> None:
     started = machine()
     print("machine:", started, flush=True)
 
-    ours = run_ours(cfg, args.config, args.overrides, folder, args.threads, train=not args.no_train, device=args.device)
-    print(f"our backbone: best epoch {ours['best_epoch']} at {ours['seconds_to_best']:.0f} s, test NDCG@10 "
-          f"{ours['test_masked']['ndcg@10']:.4f} (masked)", flush=True)
+    if not args.peers_only:
+        ours = run_ours(cfg, args.config, args.overrides, folder, args.threads, train=not args.no_train,
+                        device=args.device)
+        print(f"our backbone: best epoch {ours['best_epoch']} at {ours['seconds_to_best']:.0f} s, test NDCG@10 "
+              f"{ours['test_masked']['ndcg@10']:.4f} (masked)", flush=True)
     peers = {}
-    variants = args.variants.split(",")
+    variants = [v for v in args.variants.split(",") if v]
     if unknown := [v for v in variants if v not in VARIANTS]:
         parser.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     for variant in variants:
@@ -577,6 +585,8 @@ def main() -> None:
               f"{peers[variant]['seconds_to_best']:.0f} s, test NDCG@10 "
               f"{peers[variant]['test_masked']['ndcg@10']:.4f} (masked)", flush=True)
 
+    if args.peers_only:
+        return
     command = "OMP_NUM_THREADS=%d python benchmarks/bench_peers.py %s" % (
         args.threads, shlex.join(a for a in sys.argv[1:] if a != "--no-train"))
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -13,15 +13,18 @@
 # `data.feature_dtype=float16` (item features stored in half precision: the float32 text vectors of
 # the three catalogs alone are 65 MB), and the wheels the CUDA image lacks (recbole, colorlog,
 # texttable, webdataset, braceexpand; RecBole 1.2.1 also passes tests/data/test_recbole_export.py
-# with pandas 3.1.1, so the image's pandas serves). Each RecBole run stops after the epoch that
-# passes PEERS_SECONDS (default 240) of its own clock, marked unfinished if it had not stopped by
-# itself. $OUT gets each dataset's table (<ds>.md) and the logs (peers_logs.tgz).
+# with pandas 3.1.1, so the image's pandas serves). All nine runs start at once; each RecBole run
+# stops after the epoch that passes PEERS_SECONDS (default 300) of its own clock, and every run is
+# ended at PEERS_DEADLINE (default 420 s) wall time, RecBole keeping its last finished epoch
+# (marked unfinished unless it stopped by itself). Then one table per dataset (about a minute):
+# $OUT gets <ds>.md and the logs (peers_logs.tgz). Device tool: timeout_s 600.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 DATASETS=(beauty sports toys)
 MODE="${1:-run}"
-SECONDS_BUDGET="${PEERS_SECONDS:-240}"
+SECONDS_BUDGET="${PEERS_SECONDS:-300}"
+DEADLINE="${PEERS_DEADLINE:-420}"
 WHEELS=(recbole==1.2.1 colorlog==4.7.2 texttable==1.7.0 webdataset==1.0.2 braceexpand==0.1.7)
 
 overrides() {  # the dataset's config as prepared by --pack
@@ -55,6 +58,7 @@ if [[ "$MODE" == "--dry-run" ]]; then  # rehearsal on this machine's venv: one d
   DATASETS=(toys)
   EXTRA=(--max-epochs 1)
   SHORT=(pretrain.epochs=1)
+  DEADLINE="${PEERS_DEADLINE:-1500}"
   OUT="${OUT:-$ROOT/runs/peers_device/out}"
 fi
 OUT="${OUT:?set OUT (the device tool sets it)}"
@@ -70,34 +74,44 @@ for ds in "${DATASETS[@]}"; do
   [[ -f "data_cache/${ds}_f16/manifest.json" ]] || tar xzf ".peers/$ds.tgz"
 done
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
+"$PY" -c "import recbole.trainer, recbole.model.sequential_recommender, rodpo_dist.cli, rodpo_kernels" \
+  || { echo "an import fails: nothing run"; exit 1; }
 
-bench() {  # dataset, variants, extra arguments
+bench() {  # dataset, variants, extra arguments: the benchmark's command line in CMD
   local ds="$1" variants="$2"
   shift 2
-  # shellcheck disable=SC2046
-  "$PY" benchmarks/bench_peers.py --config "configs/$ds.yaml" --out runs/peers_device --threads 2 \
-    --device "$DEVICE" --variants "$variants" "$@" $(overrides "$ds") "${SHORT[@]}"
+  # shellcheck disable=SC2207
+  CMD=("$PY" benchmarks/bench_peers.py --config "configs/$ds.yaml" --out runs/peers_device --threads 2
+       --device "$DEVICE" --variants "$variants" "$@" $(overrides "$ds") "${SHORT[@]}")
 }
 
+run_until() {  # log file, then CMD, ended at the deadline (a RecBole run keeps its last finished epoch)
+  timeout --kill-after=10 "$DEADLINE" "${CMD[@]}" > "$1" 2>&1 || echo "exit $? (deadline $DEADLINE s): ${CMD[*]}" >> "$1"
+}
+
+# every run at once: our backbone, RecBole `defaults` and RecBole `ours` of each dataset; the
+# training phase ends by PEERS_DEADLINE seconds, leaving time for the tables
 pids=()
 for ds in "${DATASETS[@]}"; do
-  # our backbone first, then RecBole `defaults`; RecBole `ours` starts once the backbone has finished
-  bench "$ds" defaults --max-seconds "$SECONDS_BUDGET" "${EXTRA[@]}" > "runs/peers_device/logs/$ds-defaults.log" 2>&1 &
-  first=$!
-  pids+=("$first")
-  (while [[ ! -f "runs/peers_device/${ds}_f16/rodpo.json" ]]; do
-     kill -0 "$first" 2>/dev/null || { echo "$ds: the backbone's process ended without a result"; exit 1; }
-     sleep 5
-   done
-   bench "$ds" ours --max-seconds "$SECONDS_BUDGET" "${EXTRA[@]}" > "runs/peers_device/logs/$ds-ours.log" 2>&1) &
+  bench "$ds" ""
+  run_until "runs/peers_device/logs/$ds-backbone.log" &
   pids+=("$!")
+  for variant in defaults ours; do
+    bench "$ds" "$variant" --peers-only --max-seconds "$SECONDS_BUDGET" "${EXTRA[@]}"
+    run_until "runs/peers_device/logs/$ds-$variant.log" &
+    pids+=("$!")
+  done
 done
+for pid in "${pids[@]}"; do wait "$pid"; done
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-for ds in "${DATASETS[@]}"; do  # one table per dataset from what finished (no training)
-  bench "$ds" defaults,ours --no-train > "runs/peers_device/logs/$ds-table.log" 2>&1 || status=1
-  cp "runs/peers_device/${ds}_f16/table.md" "$OUT/$ds.md" 2>/dev/null || status=1
+tables=()
+for ds in "${DATASETS[@]}"; do  # one table per dataset from what finished or stopped (no training)
+  bench "$ds" defaults,ours --no-train
+  ("${CMD[@]}" > "runs/peers_device/logs/$ds-table.log" 2>&1 &&
+   cp "runs/peers_device/${ds}_f16/table.md" "$OUT/$ds.md") &
+  tables+=("$!")
 done
+for pid in "${tables[@]}"; do wait "$pid" || status=1; done
 tar czf "$OUT/peers_logs.tgz" -C runs/peers_device logs
 tail -n 3 runs/peers_device/logs/*.log
 exit "$status"
