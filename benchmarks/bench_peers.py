@@ -591,7 +591,8 @@ def main() -> None:
         args.threads, shlex.join(a for a in sys.argv[1:] if a != "--no-train"))
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if args.no_train:
-        when += "; this table read the runs so far with `--no-train`"
+        state = "finished runs" if all(r.get("finished", True) for r in peers.values()) else "runs so far"
+        when += f"; this table read the {state} with `--no-train`"
     section = (f"{table(name, ours, peers, list(cfg.eval.ks))}\nCommand: `{command}` ({when}).  \n"
                f"Machine: {started} at the start, {machine().split('load average ')[1]} at the end.\n")
     print(section)
