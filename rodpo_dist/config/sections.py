@@ -203,7 +203,10 @@ class PretrainConfig(StageConfig):
     the logQ correction keeps either an estimate of the full softmax."""
     popularity_power: float = 0.75
     patience: int = 5
-    """Stop after this many validations without improvement of `eval.metric`."""
+    """Stop after this many validations without improvement of `eval.metric`; `epochs` is then a cap.
+    The defaults fit the built-in synthetic catalog. For data of unknown size give a generous cap and
+    let the patience decide (`epochs: 300, patience: 10`, as docs/own_data.md): the run's report says
+    whether it stopped early or hit the cap."""
     eval_every_epochs: int = 1
 
 

@@ -119,6 +119,23 @@ def test_the_gradient_is_that_of_the_loss_normalised_by_the_epochs_mean_targets_
     assert _grad_norms(dataset / f"scale{accum}")[0] == pytest.approx(float(expected), rel=1e-5)
 
 
+@pytest.mark.parametrize("settings, reason", [
+    # lr 1e-12 leaves the fp32 weights as they are: the second validation is no better, patience 1 stops
+    (["pretrain.epochs=50", "pretrain.patience=1", "pretrain.lr=1e-12"],
+     "Stopped early after epoch 2 of at most 50: 1 validations without a better ndcg@5."),
+    (["pretrain.epochs=1", "pretrain.patience=1"], "Hit the cap of 1 epochs: validation ndcg@5 still improved"),
+])
+def test_the_report_says_whether_pretraining_stopped_early_or_hit_the_cap(dataset, settings, reason):
+    from rodpo_dist.train.run_log import read_metrics
+
+    cfg = _cfg(dataset, f"stop-{settings[0]}", *settings)
+    pretrain(cfg)
+    final = read_metrics(dataset / f"stop-{settings[0]}" / "pretrain", "final")[-1]
+    assert final["stop_reason"].startswith(reason)
+    assert final["epochs"] == (2 if "early" in reason.lower() else 1)
+    assert reason in (dataset / f"stop-{settings[0]}" / "pretrain" / "report.md").read_text()
+
+
 def test_missing_dataset_is_named(tmp_path):
     cfg = load_config(None, [*TINY, f"data.prepared_dir={tmp_path}/nothing", f"runtime.run_dir={tmp_path}/run"])
     with pytest.raises(FileNotFoundError, match="no prepared dataset at .*nothing"):
