@@ -156,7 +156,14 @@ def _stats(data: Interactions, modalities: dict[str, Modality], extra: dict[str,
     return {"avg_seq_len": round(float(lengths.mean()), 3), "min_seq_len": int(lengths.min()),
             "max_seq_len": int(lengths.max()),
             "sparsity": round(1.0 - len(data.items) / (data.num_users * data.num_items), 6),
+            "top1pct_share": _top_share(data.items, data.num_items, 0.01),
             "coverage": coverage, **extra}
+
+
+def _top_share(items: np.ndarray, num_items: int, fraction: float) -> float:
+    """The share of interactions on the most interacted `fraction` of the catalog (popularity skew)."""
+    counts = np.sort(np.bincount(items, minlength=num_items + 1)[1:])[::-1]
+    return round(float(counts[:max(1, round(fraction * num_items))].sum() / max(len(items), 1)), 6)
 
 
 def _build(cfg: DataConfig, out: Path, progress: bool) -> Manifest:
@@ -217,6 +224,8 @@ def stats(directory: str | Path) -> str:
             ("seq length avg/min/max", f"{m.stats['avg_seq_len']:.2f} / {m.stats['min_seq_len']} / "
                                        f"{m.stats['max_seq_len']}"),
             ("sparsity", f"{m.stats['sparsity']:.4%}")]
+    if "top1pct_share" in m.stats:
+        rows.append(("popularity", f"the top 1% of items hold {m.stats['top1pct_share']:.1%} of interactions"))
     coverage = m.stats.get("coverage", {})
     for name, spec in m.modalities.items():
         extra = f", vocab {spec.vocab_size}" if spec.kind == "bag" else ""

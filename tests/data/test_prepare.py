@@ -47,6 +47,15 @@ def test_stats_table(small_dir):
         assert words in text
 
 
+def test_stats_report_the_popularity_skew(small_dir):
+    test = load_split(small_dir, "test")  # a user's test history plus its target: all its interactions
+    items = np.concatenate([np.append(seq, t) for seq, t in zip(test.sequences, test.targets)])
+    counts = np.sort(np.bincount(items, minlength=201)[1:])[::-1]
+    share = counts[:2].sum() / len(items)  # the top 1% of 200 items: 2
+    assert f"the top 1% of items hold {share:.1%} of interactions" in stats(small_dir)
+    assert 2 / 200 < share < 1  # skewed: more than their 1%
+
+
 def test_s3rec_with_feature_file_and_float16(tmp_path, write_s3rec, data_config):
     folder = write_s3rec(tmp_path / "raw")
     np.save(tmp_path / "img.npy", np.random.default_rng(0).standard_normal((6, 5)))
