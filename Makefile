@@ -14,6 +14,8 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PY) -m pip install -q torch==2.13.0
 	DS_BUILD_SHM_COMM=1 DS_BUILD_FUSED_ADAM=1 $(PY) -m pip install -q --no-cache-dir --no-build-isolation deepspeed==0.19.8
 	$(PY) -m pip install -q -e '.[text,dev]'
+	$(PY) -m pip install -q --no-deps recbole==1.2.1  # the lean '.[peers]' install: the peers benchmark's tests run, not skip
+	$(PY) -m pip install -q pandas==2.3.3 colorlog==4.7.2 colorama==0.4.4 texttable==1.7.0
 	$(PY) -c "from rodpo_kernels.topk_scoring import native; native.tile_candidates()"  # compile the CPU top-K selection once
 	touch $@
 
