@@ -127,7 +127,10 @@ def test_just_in_time_refresh_equals_the_full_refresh_on_its_contexts():
     upcoming = np.array([30, 2, 17, 5])
     jit.refresh(model, table, step=0, batch_size=3, rt=CPU, sequences=upcoming)
     rows = np.concatenate([np.arange(ctx.offsets[i], ctx.offsets[i + 1]) for i in upcoming])
-    assert torch.equal(jit.ids[rows], full.ids[rows]) and torch.equal(jit.scores[rows], full.scores[rows])
+    assert torch.equal(jit.ids[rows], full.ids[rows])
+    # Same rows, same weights; the two refreshes score in batches of 3 and 8 contexts, and the matmul's
+    # blocking may then differ in the last bit on some CPUs (4.8e-7 on an AMD EPYC): equal to fp32 rounding.
+    torch.testing.assert_close(jit.scores[rows], full.scores[rows], rtol=1e-6, atol=1e-6)
     others = np.setdiff1d(np.arange(len(ctx)), rows)
     assert (jit.ids[others] == -1).all()  # nothing else was scored
 
