@@ -55,6 +55,7 @@ class Mutation:
 
 
 RECIPES = "tests/train/test_recipes.py"
+ALIGN_GRADIENT = f"{RECIPES}::test_the_alignment_gradient_is_that_of_the_written_loss"
 MUTATIONS = [
     # ---------------------------------------------------------------- the core claims (issue 27)
     Mutation("double-gradient", "every gradient doubled (the step's loss scaled by 2)",
@@ -152,6 +153,41 @@ MUTATIONS = [
              "rodpo_dist/data/rejections.py", "order = np.lexsort((is_rejection, all_times, all_users))",
              "order = np.lexsort((-is_rejection, all_times, all_users))",
              ("tests/data/test_rejections.py",)),
+    # ---------------------------------------------------------------- a review's survivors (2026-12-06)
+    Mutation("sdpo-scored-as-mean", "strategy sdpo trains with the mean pairwise DPO loss, not S-DPO's",
+             "rodpo_dist/train/align.py", 'self.variant = "sdpo" if a.strategy == "sdpo" else',
+             'self.variant = "mean" if a.strategy == "sdpo" else', (ALIGN_GRADIENT,), ci=True),
+    Mutation("align-ignores-ce-weight", "the anchoring CE gets weight 1 whatever align.ce_weight",
+             "rodpo_dist/train/align.py", '(1.0 if a.strategy == "ce" else a.ce_weight) * ce', "ce",
+             (ALIGN_GRADIENT,), ci=True),
+    Mutation("align-ignores-label-smoothing", "align.label_smoothing never reaches the loss",
+             "rodpo_dist/train/align.py", "label_smoothing=a.label_smoothing)", "label_smoothing=0.0)",
+             (ALIGN_GRADIENT,)),
+    Mutation("align-normalised-per-sequence", "the alignment loss is divided by the mean sequences per step, "
+                                              "not contexts", "rodpo_dist/train/align.py",
+             "steps_per_epoch(per_rank, a), len(self.contexts))",
+             "steps_per_epoch(per_rank, a), self.contexts.num_sequences)", (ALIGN_GRADIENT,)),
+    Mutation("pool-from-reference", "pool.source=policy scores the pool with the frozen reference",
+             "rodpo_dist/train/align.py", 'if self.cfg.pool.source == "policy":', "if False:",
+             (f"{RECIPES}::test_the_pool_is_the_top_k_under_its_configured_source",)),
+    Mutation("trdpo-reference-never-moves", "the TR-DPO soft update mixes the reference with itself",
+             "rodpo_dist/train/align.py", "ref.mul_(1 - alpha).add_(new.detach(), alpha=alpha)",
+             "ref.mul_(1 - alpha).add_(ref.detach(), alpha=alpha)",
+             (f"{RECIPES}::test_the_trdpo_update_moves_the_reference_toward_the_policy",)),
+    Mutation("align-uses-heldout-rejections", "alignment draws observed rejections from the held-out (future) ones",
+             "rodpo_dist/train/align.py", "rejections.by_user(self.data.manifest.num_users, heldout=False)",
+             "rejections.by_user(self.data.manifest.num_users, heldout=True)",
+             (f"{RECIPES}::test_alignment_draws_observed_rejections_from_the_training_ones_only",)),
+    Mutation("dislike-metric-on-training-rejections", "dislike_hr@10 is scored on the training rejections",
+             "rodpo_dist/data/rejections.py", "offsets, items, _ = self.by_user(num_users, heldout=True)",
+             "offsets, items, _ = self.by_user(num_users, heldout=False)", ("tests/data/test_rejections.py",)),
+    Mutation("moe-aux-times-accumulation", "pretraining's MoE aux loss counted once per micro-batch (x grad_accum)",
+             "rodpo_dist/train/pretrain.py", "self.cfg.moe.aux_weight * aux / micro_batches",
+             "self.cfg.moe.aux_weight * aux",
+             (f"{RECIPES}::test_the_gradient_is_that_of_the_loss_normalised_by_the_epochs_mean_targets_per_step",)),
+    Mutation("standalone-padding-recommendable", "the exported standalone scorer can recommend row 0 (padding)",
+             "rodpo_dist/serve/standalone.py", '        scores[:, 0] = float("-inf")\n', "",
+             ("tests/serve/test_export.py::test_the_exported_scorer_ranks_the_whole_catalog_without_padding",)),
 ]
 
 IGNORED = shutil.ignore_patterns(".git", ".venv", "runs", "data_cache", "build", "*.egg-info", "__pycache__",

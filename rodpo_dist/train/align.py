@@ -237,11 +237,16 @@ class Alignment(Recipe):
                                  self.rt.world_size)
         return np.concatenate(batches[state.batch_in_epoch:state.batch_in_epoch + self.cfg.pool.refresh_steps])
 
+    def pool_scorer(self) -> tuple[torch.nn.Module, torch.Tensor]:
+        """The model and item table that score the pool: the current policy (`pool.source: policy`)
+        or the reference."""
+        if self.cfg.pool.source == "policy":
+            return self.model, self.model.item_encoder.item_table(self.cfg.eval.item_chunk)
+        return self.reference, self.ref_table
+
     def _refresh_pool(self, state: TrainState, sequences: np.ndarray | None) -> None:
-        source = self.model if self.cfg.pool.source == "policy" else self.reference
-        table = self.ref_table if source is self.reference else self.model.item_encoder.item_table(self.cfg.eval.item_chunk)
-        stats = self.pool.refresh(source, table, step=state.step, batch_size=self.cfg.eval.batch_size, rt=self.rt,
-                                  sequences=sequences)
+        stats = self.pool.refresh(*self.pool_scorer(), step=state.step, batch_size=self.cfg.eval.batch_size,
+                                  rt=self.rt, sequences=sequences)
         rows = (slice(None) if sequences is None else
                 np.concatenate([np.arange(self.contexts.offsets[i], self.contexts.offsets[i + 1]) for i in sequences]))
         record = {"pool_refresh_s": stats.seconds, "pool_mb": stats.size_mb, "peak_rss_mb": stats.peak_rss_mb,

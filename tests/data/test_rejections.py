@@ -67,6 +67,24 @@ def test_rejections_are_split_at_the_validation_target_and_never_a_positive(tmp_
         assert i not in sequences[u], (u, i)
 
 
+def test_the_lists_per_user_hold_that_users_rejections_of_the_split_asked_for(tmp_path):
+    """`heldout_lists` (the dislike metrics) gives each user's held-out rejections; `by_user(heldout=False)`
+    (what alignment draws from) its training ones."""
+    out, rej, ids = _prepare(tmp_path)
+    num_users = len(ids["users"])
+    u1, u2, u3 = (ids["users"].index(u) + 1 for u in ("u1", "u2", "u3"))
+
+    def raw(items):
+        return {ids["items"][i - 1] for i in np.asarray(items).tolist()}
+
+    lists = rej.heldout_lists(np.array([u2, u1, u3]), num_users)
+    assert [raw(x) for x in lists] == [{"p1"}, {"p8", "p10"}, set()]
+    offsets, items, position = rej.by_user(num_users, heldout=False)
+    assert raw(items[offsets[u1 - 1]:offsets[u1]]) == {"p7", "p9"}
+    assert position[offsets[u1 - 1]:offsets[u1]].tolist() == [1, 4]  # in order of position
+    assert offsets[u2] == offsets[u2 - 1]
+
+
 def test_no_rejection_at_or_after_a_validation_target_reaches_training(tmp_path):
     rng = np.random.default_rng(3)
     events = [(f"u{u}", f"p{rng.integers(1, 30)}", int(rng.integers(1, 6)), int(t))

@@ -108,3 +108,15 @@ def test_moe_user_encoder_exports_with_the_same_top_k(demo_run, tiny_config, tmp
         np.testing.assert_allclose(scores, e.scores, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"fusion MoE .* does not trace with torch.export"):
         export(recommender("both"), tmp_path / "fusion", {})
+
+
+def test_the_exported_scorer_ranks_the_whole_catalog_without_padding(demo_run, exported):
+    """k = every item outside the history: each appears once, none from the history, never the padding
+    row (whose score, 0 for every user, would outrank the items scored below 0)."""
+    model, recommender = _standalone(exported).ExportedModel(exported), Recommender.from_checkpoint(demo_run.checkpoint)
+    history = _histories(150)[3]
+    k = 150 - len(history)
+    items, scores = model.recommend([history], k)[0]
+    assert min(scores) < 0  # else the padding row would rank last and the check below could not see it
+    assert sorted(items) == sorted(set(range(1, 151)) - set(history))
+    assert items == recommender.recommend([history], k)[0].items

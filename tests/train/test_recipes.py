@@ -97,26 +97,31 @@ def test_gradient_accumulation_equals_a_bigger_batch(dataset):
     torch.testing.assert_close(_grad_norms(dataset / "acc"), norms, rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("accum", [1, 2])
-def test_the_gradient_is_that_of_the_loss_normalised_by_the_epochs_mean_targets_per_step(dataset, accum):
+@pytest.mark.parametrize("accum, moe", [(1, False), (2, False), (2, True)])
+def test_the_gradient_is_that_of_the_loss_normalised_by_the_epochs_mean_targets_per_step(dataset, accum, moe):
     """Step 1's logged pre-clip gradient norm equals the norm of d/dw [next-item CE summed over step 1's
-    sequences / the epoch's mean targets per step], computed here at the same initial weights from the
-    epoch's batches (recipe docstring). Any constant factor on the gradient is seen (the weights hide it)."""
+    sequences / the epoch's mean targets per step + moe.aux_weight x the mean MoE aux loss of its
+    micro-batches], computed here at the same initial weights from the epoch's batches (recipe
+    docstring). Any constant factor on either term is seen (the weights hide it)."""
     from rodpo_dist.train.losses import next_item_loss
     from rodpo_dist.train.pretrain import Pretraining, target_count
 
-    cfg = _cfg(dataset, f"scale{accum}", "pretrain.epochs=1", f"pretrain.batch_size={64 // accum}",
-               f"pretrain.grad_accum={accum}", "model.dropout=0.0")
+    name = f"scale{accum}{'moe' if moe else ''}"
+    extra = ["moe.enabled=true", "moe.aux_weight=1.0"] if moe else []  # torch backend, no noise, no dropping
+    cfg = _cfg(dataset, name, "pretrain.epochs=1", f"pretrain.batch_size={64 // accum}",
+               f"pretrain.grad_accum={accum}", "model.dropout=0.0", *extra)
     recipe = Pretraining(cfg)  # seeded as the run: the same initial weights
     steps = [[micro for micro in group] for group in recipe.epoch_groups(0)]
     targets = sum(target_count(micro) for group in steps for micro in group)
     assert len(steps) == 3 and len(steps[0]) == accum
     model = recipe.model.train()
-    loss = sum(next_item_loss(model, micro, cfg)[0] for micro in steps[0]) / (targets / len(steps))
+    ce, aux = zip(*(next_item_loss(model, micro, cfg) for micro in steps[0]))
+    assert (sum(float(a.detach()) for a in aux) > 0) == moe
+    loss = sum(ce) / (targets / len(steps)) + cfg.moe.aux_weight * sum(aux) / accum
     grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
     expected = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None]))
     pretrain(cfg)
-    assert _grad_norms(dataset / f"scale{accum}")[0] == pytest.approx(float(expected), rel=1e-5)
+    assert _grad_norms(dataset / name)[0] == pytest.approx(float(expected), rel=1e-5)
 
 
 @pytest.mark.parametrize("settings, reason", [
@@ -297,3 +302,152 @@ def test_disable_dropout_makes_the_first_rewards_exactly_zero(dataset, backbone,
         assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
     else:
         assert first["loss"] > math.log(2) + 1e-3  # -log sigmoid is convex: noise around 0 raises its mean
+
+
+def _train_items(data_dir) -> dict[int, list[int]]:
+    from rodpo_dist.data import load_split
+
+    train = load_split(data_dir, "train")
+    return {int(u): s.tolist() for u, s in zip(train.users, train.sequences)}
+
+
+def _top_k_outside_training(scores: torch.Tensor, users: torch.Tensor, train_items: dict, k: int) -> torch.Tensor:
+    """[C, k] brute-force top-k item ids of each context's catalog scores [C, N+1], padding and the
+    user's training items excluded."""
+    masked = scores.detach().clone()
+    masked[:, 0] = float("-inf")
+    for row, user in enumerate(users.tolist()):
+        masked[row, train_items[user]] = float("-inf")
+    return masked.topk(k, dim=1).indices
+
+
+def _context_scores(model, b) -> torch.Tensor:
+    """[C, N+1] scores over the catalog of each context's state, differentiable in the model."""
+    table = model.item_encoder(torch.arange(model.item_encoder.num_items + 1))
+    return model(b.seq).hidden[b.rows, b.cols] @ table.T
+
+
+@pytest.mark.parametrize("strategy, extra", [("rodpo", ["align.label_smoothing=0.2"]),
+                                             ("sdpo", ["align.grad_accum=2", "align.batch_size=16"])])
+def test_the_alignment_gradient_is_that_of_the_written_loss(dataset, backbone, strategy, extra):
+    """Step 1's logged pre-clip gradient norm equals the norm of d/dw of the loss written out here from
+    the method: per context, with reward margins z_j = beta * ((s(i+) - s_ref(i+)) - (s(i-_j) - s_ref(i-_j))),
+    DPO's mean over the negatives of -(1 - ls) log sigmoid(z_j) - ls log sigmoid(-z_j) (rodpo, label
+    smoothing ls) or S-DPO's -log sigmoid(-logsumexp_j(-z_j)), plus ce_weight x the full-softmax
+    next-item CE; summed over step 1's contexts (every position) and divided by the epoch's mean
+    contexts per step. With num_negatives = pool.k the negatives are the whole pool, whatever the
+    draw: the brute-force top-k of the catalog under the initial policy, the user's training items
+    excluded. Any factor on either term, the wrong variant or a pool scored wrongly is seen."""
+    import torch.nn.functional as F
+
+    from rodpo_dist.model import make_model
+    from rodpo_dist.model.weights import load_weights
+    from rodpo_dist.train.align import Alignment, align
+    from rodpo_dist.train.run_log import read_metrics
+
+    beta, ls, ce_weight, k = 0.7, 0.2 if strategy == "rodpo" else 0.0, 0.3, 4
+    run = f"al-grad-{strategy}"
+    cfg = _cfg(dataset, run, *ALIGN, f"init={backbone}", f"align.strategy={strategy}", "align.positions=all",
+               f"align.num_negatives={k}", f"pool.k={k}", f"align.beta={beta}", f"align.ce_weight={ce_weight}",
+               "model.dropout=0.0", *extra)
+    recipe = Alignment(cfg)  # the policy at its initial weights (the backbone), and the epoch's batches
+    groups = list(recipe.epoch_groups(0))
+    per_step = len(recipe.contexts) / len(groups)
+    assert len(recipe.contexts) > recipe.contexts.num_sequences  # every position: contexts != sequences
+    reference = make_model(cfg, recipe.data, torch.device("cpu"))
+    load_weights(backbone, reference)
+    reference.eval()
+    train_items = _train_items(dataset / "data")
+    policy = recipe.model.train()
+    loss = 0.0
+    for micro in groups[0]:
+        b = recipe.contexts.batch(micro)
+        s = _context_scores(policy, b)
+        with torch.no_grad():
+            s_ref = _context_scores(reference, b)
+        neg = _top_k_outside_training(s, b.users, train_items, k)
+        ids = torch.cat([b.targets[:, None], neg], dim=1)
+        reward = beta * (s.gather(1, ids) - s_ref.gather(1, ids))
+        z = reward[:, :1] - reward[:, 1:]
+        if strategy == "sdpo":
+            dpo = -F.logsigmoid(-torch.logsumexp(-z, dim=1))
+        else:
+            dpo = (-(1 - ls) * F.logsigmoid(z) - ls * F.logsigmoid(-z)).mean(1)
+        ce = torch.logsumexp(s[:, 1:], dim=1) - s.gather(1, b.targets[:, None])[:, 0]
+        loss = loss + (dpo + ce_weight * ce).sum()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss / per_step, params, allow_unused=True)
+    expected = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None]))
+    align(cfg)
+    first = read_metrics(dataset / run / f"align-{strategy}", "train")[0]
+    assert first["step"] == 1
+    assert first["grad_norm"] == pytest.approx(float(expected), rel=1e-4)
+
+
+@pytest.mark.parametrize("source", ["policy", "reference"])
+def test_the_pool_is_the_top_k_under_its_configured_source(dataset, backbone, source):
+    """After the policy has moved away from the reference, a refresh holds each context's brute-force
+    top-k under `pool.source`'s model (the user's training items excluded), not the other's."""
+    from rodpo_dist.train.align import Alignment
+
+    k = 5
+    recipe = Alignment(_cfg(dataset, f"al-source-{source}", *ALIGN, f"init={backbone}", "align.strategy=rodpo",
+                            f"pool.k={k}", f"pool.source={source}", "model.dropout=0.0"))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in recipe.model.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=generator))
+    recipe.pool.refresh(*recipe.pool_scorer(), step=0, batch_size=64, rt=recipe.rt)
+    b = recipe.contexts.batch(torch.arange(recipe.contexts.num_sequences).numpy())
+    train_items = _train_items(dataset / "data")
+    expected = {}
+    with torch.no_grad():
+        for name, model in (("policy", recipe.model.eval()), ("reference", recipe.reference)):
+            expected[name] = _top_k_outside_training(_context_scores(model, b), b.users, train_items, k).sort(1).values
+    held = torch.as_tensor(recipe.pool.ids)[b.context_ids].long().sort(1).values
+    other = "reference" if source == "policy" else "policy"
+    assert (expected[source] != expected[other]).any(1).float().mean() > 0.5  # the two pools differ
+    assert torch.equal(held, expected[source])
+
+
+def test_the_trdpo_update_moves_the_reference_toward_the_policy(dataset, backbone):
+    """ref <- alpha * policy + (1 - alpha) * ref for every weight, and the cached reference item table follows."""
+    from rodpo_dist.train.align import Alignment
+
+    alpha = 0.25
+    recipe = Alignment(_cfg(dataset, "al-trdpo-unit", *ALIGN, f"init={backbone}", "align.strategy=rodpo",
+                            "align.reference_update_every=1", f"align.reference_update_alpha={alpha}"))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in recipe.model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator))
+    before = {name: p.clone() for name, p in recipe.reference.named_parameters()}
+    policy = dict(recipe.model.named_parameters())
+    recipe._update_reference()
+    for name, p in recipe.reference.named_parameters():
+        torch.testing.assert_close(p, alpha * policy[name] + (1 - alpha) * before[name])
+    torch.testing.assert_close(recipe.ref_table, recipe.reference.item_encoder.item_table(64))
+    assert not torch.allclose(recipe.ref_table, recipe.model.item_encoder.item_table(64))
+
+
+def test_alignment_draws_observed_rejections_from_the_training_ones_only(tmp_path):
+    """With `align.rejected: observed`, each context's usable rejections are its own user's training
+    rejections (never a held-out one, which the dislike metrics score)."""
+    from rodpo_dist.train.align import Alignment
+
+    args = [*TINY, "data.synthetic.dislike_rate=0.3", f"data.prepared_dir={tmp_path}/data",
+            f"runtime.run_dir={tmp_path}/runs"]
+    cfg = load_config(None, [*args, "pretrain.epochs=1"])
+    prepare(cfg.data, cfg.data.prepared_dir, progress=False)
+    pretrain(cfg)
+    recipe = Alignment(load_config(None, [*args, *ALIGN, f"init={tmp_path}/runs/pretrain/best",
+                                          "align.strategy=rodpo", "align.rejected=observed"]))
+    rej = recipe.data.rejections
+    pairs = {h: set(zip(rej.users[rej.heldout == h].tolist(), rej.items[rej.heldout == h].tolist()))
+             for h in (False, True)}
+    assert len(pairs[False]) > 20 and len(pairs[True]) > 5
+    usable = set()
+    for c, user in enumerate(recipe.context_users.tolist()):
+        start, count = int(recipe.ctx_rej_start[c]), int(recipe.ctx_rej_available[c])
+        usable |= {(user, int(i)) for i in recipe.rej_items[start:start + count]}
+    assert usable == pairs[False]
