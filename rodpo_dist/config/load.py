@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from rodpo_dist.config.sections import Config
-from rodpo_dist.config.validate import check
+from rodpo_dist.config.validate import SourceProblem, check
 
 
 class ConfigError(ValueError):
@@ -139,10 +139,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return config_from_dict(raw, str(path) if path is not None else "defaults + overrides")
 
 
-def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+def config_from_dict(raw: dict[str, Any], source: str = "config", sources: bool = True) -> Config:
+    """The validated config of `raw`; `sources=False` skips the checks of training inputs on disk."""
     problems: list[str] = []
     cfg = _build(Config, raw, "", problems)  # a field with a wrong type keeps its default here
     check(cfg, problems)
+    if not sources:
+        problems = [p for p in problems if not isinstance(p, SourceProblem)]
     if problems:
         raise ConfigError(problems, source)
     return cfg
@@ -157,13 +160,61 @@ CONFIG_FILE = "config.yaml"
 
 
 def saved_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The resolved config of the run that wrote `path` (a checkpoint or its run folder), overrides applied."""
+    """The resolved config of the run that wrote `path` (a checkpoint or its run folder), overrides applied.
+
+    For evaluating, serving or exporting the checkpoint from any folder: relative paths are read from
+    the folder the run was launched in (found from `runtime.run_dir` above the checkpoint) where they
+    exist there, and the training inputs (data files, the `init` checkpoint) need not exist any more.
+    """
     path = Path(path)
     saved = next((p / CONFIG_FILE for p in (path, path.parent) if (p / CONFIG_FILE).is_file()), None)
     if saved is None:
         raise FileNotFoundError(f"{path}: no {CONFIG_FILE} in it or in its parent (not a checkpoint or run folder "
                                 f"of this trainer?); pass --config")
     raw = read_yaml(saved)
+    launched = _launch_folder(saved.parent, str(raw.get("runtime", {}).get("run_dir", "")))
+    if launched is not None:
+        _rebase_paths(raw, launched)
     for text in overrides:
         apply_override(raw, *parse_override(text))
-    return config_from_dict(raw, str(saved))
+    return config_from_dict(raw, str(saved), sources=False)
+
+
+_PATH_FIELDS = (("data", "path"), ("data", "prepared_dir"), ("data", "items", "path"), ("init",),
+                ("runtime", "run_dir"), ("runtime", "deepspeed_config"))
+_PATH_MAPS = (("data", "items", "vectors"), ("data", "feature_files"))
+
+
+def _launch_folder(checkpoint: Path, run_dir: str) -> Path | None:
+    """The folder a run was launched in: the ancestor of `checkpoint` below which `run_dir` (relative)
+    leads to it; None for an absolute or upward `run_dir`, or a checkpoint moved out of it."""
+    parts = Path(run_dir).parts
+    if not parts or Path(run_dir).is_absolute() or ".." in parts:
+        return None
+    for folder in [checkpoint.resolve(), *checkpoint.resolve().parents]:
+        if folder.parts[-len(parts):] == parts:
+            return folder.parents[len(parts) - 1]
+    return None
+
+
+def _rebase_paths(raw: dict[str, Any], folder: Path) -> None:
+    """Relative path fields of `raw` that exist under `folder` and not here, made absolute there."""
+    def rebased(value: Any) -> Any:
+        if not isinstance(value, str) or not value or Path(value).is_absolute() or Path(value).exists():
+            return value
+        there = folder / value
+        return str(there) if there.exists() else value
+
+    def section(keys: tuple[str, ...]) -> dict[str, Any] | None:
+        node: Any = raw
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        return node if isinstance(node, dict) else None
+
+    for *parents, key in _PATH_FIELDS:
+        if (node := section(tuple(parents))) is not None and key in node:
+            node[key] = rebased(node[key])
+    for keys in _PATH_MAPS:
+        if (node := section(keys)) is not None:
+            for name in node:
+                node[name] = rebased(node[name])

@@ -30,9 +30,19 @@ def check(cfg: Config, problems: list[str]) -> None:
     _study(cfg, problems)
 
 
+class SourceProblem(str):
+    """A problem with a training input on disk (data files, the `init` checkpoint): what a saved run's
+    config is not checked for when the checkpoint is only evaluated, served or exported."""
+
+
 def _need(problems: list[str], ok: bool, msg: str) -> None:
     if not ok:
         problems.append(msg)
+
+
+def _need_source(problems: list[str], ok: bool, msg: str) -> None:
+    if not ok:
+        problems.append(SourceProblem(msg))
 
 
 def _ranges(cfg: Config, problems: list[str]) -> None:
@@ -137,13 +147,13 @@ def _data(cfg: Config, problems: list[str]) -> None:
             problems.append(f"data.modalities[{i}]: unknown modality {m!r}{hint}; known: {', '.join(known)}")
     _need(problems, data.source == "synthetic" or bool(data.path), f"data.path: required for data.source={data.source!r}")
     if data.path:
-        _need(problems, Path(data.path).exists(), f"data.path: {data.path} does not exist")
+        _need_source(problems, Path(data.path).exists(), f"data.path: {data.path} does not exist")
     _need(problems, data.source != "s3rec" or bool(data.name), "data.name: required for data.source='s3rec' (e.g. Beauty)")
     if data.source == "s3rec" and data.name and Path(data.path).is_dir():
         sequences = Path(data.path) / f"{data.name}.txt"
-        _need(problems, sequences.is_file(), f"data.name: {sequences} does not exist (S3-Rec sequences of {data.name!r})")
+        _need_source(problems, sequences.is_file(), f"data.name: {sequences} does not exist (S3-Rec sequences of {data.name!r})")
     for name, p in data.feature_files.items():
-        _need(problems, Path(p).is_file(), f"data.feature_files.{name}: {p} does not exist")
+        _need_source(problems, Path(p).is_file(), f"data.feature_files.{name}: {p} does not exist")
     _need(problems, data.read_chunk_rows >= 1, f"data.read_chunk_rows: must be >= 1, got {data.read_chunk_rows}")
     _item_table(cfg, problems)
     _min_rating(cfg, problems)
@@ -157,7 +167,7 @@ def _item_table(cfg: Config, problems: list[str]) -> None:
         _need(problems, bool(data.name), "data.name: required for data.source='recbole' (NAME.inter, e.g. ml-100k)")
         if data.name and Path(data.path).is_dir():
             inter = Path(data.path) / f"{data.name}.inter"
-            _need(problems, inter.is_file(), f"data.name: {inter} does not exist (RecBole interactions of {data.name!r})")
+            _need_source(problems, inter.is_file(), f"data.name: {inter} does not exist (RecBole interactions of {data.name!r})")
         return
     if data.source != "interactions":
         _need(problems, not (items.path or chosen), f"data.items: only for data.source interactions or recbole, "
@@ -166,7 +176,7 @@ def _item_table(cfg: Config, problems: list[str]) -> None:
     _need(problems, bool(items.path) or not chosen, "data.items.path: required when data.items names text, "
                                                     "attributes or vectors")
     if items.path:
-        _need(problems, Path(items.path).is_file(), f"data.items.path: {items.path} does not exist")
+        _need_source(problems, Path(items.path).is_file(), f"data.items.path: {items.path} does not exist")
     for modality, needs in (("text", items.text), ("attr", items.attributes)):
         _need(problems, modality not in data.modalities or bool(needs),
               f"data.modalities: {modality!r} needs data.items.{'text' if modality == 'text' else 'attributes'} "
@@ -174,7 +184,7 @@ def _item_table(cfg: Config, problems: list[str]) -> None:
     for name, value in items.vectors.items():
         if value.endswith(".npy"):
             ids = Path(value).with_suffix(".ids.txt")
-            _need(problems, Path(value).is_file() and ids.is_file(),
+            _need_source(problems, Path(value).is_file() and ids.is_file(),
                   f"data.items.vectors.{name}: {value} and its id file {ids} must both exist")
 
 
@@ -225,7 +235,7 @@ def _alignment(cfg: Config, problems: list[str]) -> None:
     if cfg.stage == "align":
         _need(problems, bool(cfg.init), "init: the align stage needs a pretrained checkpoint (--init PATH or `init:`)")
     if cfg.init:
-        _need(problems, Path(cfg.init).exists(), f"init: checkpoint {cfg.init} does not exist")
+        _need_source(problems, Path(cfg.init).exists(), f"init: checkpoint {cfg.init} does not exist")
 
 
 def _evaluation(cfg: Config, problems: list[str]) -> None:
@@ -246,7 +256,7 @@ def _runtime(cfg: Config, problems: list[str]) -> None:
         return
     path = Path(rt.deepspeed_config)
     if not path.is_file():
-        problems.append(f"runtime.deepspeed_config: {path} does not exist")
+        problems.append(SourceProblem(f"runtime.deepspeed_config: {path} does not exist"))
         return
     try:
         ds = json.loads(path.read_text())
