@@ -68,12 +68,16 @@ def missing_flags(has: np.ndarray) -> np.ndarray | None:
 
 
 def check_finite(matrix: np.ndarray, where: str | Path, first_row: int = 0) -> None:
-    """DataError naming the first row with a NaN or inf (rows numbered from `first_row`)."""
+    """DataError naming the first row with a NaN or inf, or a value beyond float32's range (the
+    features are stored as float32); rows numbered from `first_row`."""
     for start in range(0, len(matrix), _CHECK_ROWS):
-        bad = ~np.isfinite(matrix[start:start + _CHECK_ROWS]).all(axis=1)
+        with np.errstate(over="ignore"):
+            stored = np.asarray(matrix[start:start + _CHECK_ROWS]).astype(np.float32, copy=False)
+        bad = ~np.isfinite(stored).all(axis=1)
         if bad.any():
             row = first_row + start + int(np.argmax(bad))
-            raise DataError(where, "NaN or inf in the feature values", f"row {row}")
+            raise DataError(where, "NaN or inf in the feature values, or a value beyond float32's range "
+                            f"(+-{np.finfo(np.float32).max:.3g})", f"row {row}")
 
 
 def dense(matrix: np.ndarray, missing: np.ndarray | None = None) -> Modality:

@@ -267,17 +267,22 @@ def tokens(chunk: Chunk, column: str, separator: str) -> list[list[str]]:
     return out
 
 
+_VECTOR_PUNCTUATION = str.maketrans(",[]", "   ")
+"""Separators of a vector written as text: `0.1 0.2`, `0.1,0.2` or `[0.1, 0.2]` (JSON, pandas)."""
+
+
 def vectors(chunk: Chunk, column: str, dim: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(rows, matrix): the positions of rows holding a vector and their float32 [len(rows), dim] values.
 
-    A list column, or strings of numbers split at spaces or commas; null / empty = no vector. Every
+    A list column, or strings of numbers split at spaces or commas (brackets ignored); null / empty = no vector. Every
     vector has `dim` values (None: the first one's); another length, a NaN or an inf is an error.
     """
     array = chunk.columns[column]
     if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
         rows_list = array.to_pylist()
     else:
-        rows_list = [None if not t else t.replace(",", " ").split() for t in _strings(chunk, column).to_pylist()]
+        rows_list = [None if not t else t.translate(_VECTOR_PUNCTUATION).split()
+                     for t in _strings(chunk, column).to_pylist()]
     rows, values = [], []
     for index, row in enumerate(rows_list):
         if not row:
@@ -286,12 +291,14 @@ def vectors(chunk: Chunk, column: str, dim: int | None) -> tuple[np.ndarray, np.
         if len(row) != dim:
             raise chunk.error(column, index, f"vector of length {len(row)}; the others have {dim}")
         try:
-            values.append(np.asarray(row, dtype=np.float32))
+            with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
+                values.append(np.asarray(row, dtype=np.float32))
         except (TypeError, ValueError):
             raise chunk.error(column, index, f"not a vector of numbers: {str(row)[:80]}") from None
         rows.append(index)
     matrix = np.stack(values) if values else np.zeros((0, dim or 0), np.float32)
     bad = ~np.isfinite(matrix).all(axis=1)
     if bad.any():
-        raise chunk.error(column, rows[int(np.argmax(bad))], "NaN or inf in the vector")
+        raise chunk.error(column, rows[int(np.argmax(bad))], "NaN or inf in the vector, or a value beyond float32's "
+                          "range")
     return np.asarray(rows, dtype=np.int64), matrix

@@ -204,9 +204,21 @@ class Recipe(ABC):
                 sums[key] += value
         for _ in range(self.stage.grad_accum - len(group)):
             self.filler_step()
+        self._check_finite(sums)
         sums["grad_norm"] = self.engine.step()
         sums["lr"] = self.engine.lr
         return sums
+
+    def _check_finite(self, sums: dict[str, float]) -> None:
+        """Stop before an optimizer step whose loss is NaN or inf on any rank (a collective): the
+        weights stay as the last step left them, and the last checkpoint is usable."""
+        bad = self._sum(0.0 if all(math.isfinite(v) for v in sums.values()) else 1.0)
+        if bad:
+            step = self.state.step + 1
+            raise FloatingPointError(
+                f"{self.run_dir}: the loss is not finite at step {step} (epoch {self.state.epoch + 1}) on {bad:.0f} "
+                f"rank(s); stopped before that step's update. Look for inf or NaN inputs (`rodpo data verify`), "
+                f"or lower the learning rate; `--resume auto` continues from the last checkpoint")
 
     def _sum(self, value: float) -> float:
         return float(self.rt.sum(torch.tensor(float(value), dtype=torch.float64, device=self.rt.device)))

@@ -120,7 +120,9 @@ def test_interaction_with_an_item_absent_from_the_table(tmp_path):
 
 
 @pytest.mark.parametrize("image, problem", [("1 2 3", "vector of length 3; the others have 6"),
-                                            ("1 2 3 nan 5 6", "NaN or inf in the vector")])
+                                            ("1 2 3 nan 5 6", "NaN or inf in the vector"),
+                                            ("1 2 3 1e39 5 6", "NaN or inf in the vector, or a value beyond "
+                                                               "float32's range")])
 def test_bad_vectors_in_a_table_column_name_file_row_and_column(tmp_path, image, problem):
     layout = write_parquet(make_catalog(), tmp_path / "raw")
     path = tmp_path / "raw" / "items.csv"
@@ -133,12 +135,30 @@ def test_bad_vectors_in_a_table_column_name_file_row_and_column(tmp_path, image,
         _prepare(data, tmp_path / "out")
 
 
+def test_vectors_written_as_json_lists_read_as_plain_ones(tmp_path):
+    layout = write_parquet(make_catalog(), tmp_path / "raw")
+    features = {}
+    for name, text in (("plain", lambda v: " ".join(map(str, v))), ("json", lambda v: f'"{json.dumps(v)}"')):
+        path = tmp_path / "raw" / f"items_{name}.csv"
+        rows = [f"{r['id']},{r['title']},{text(r['image']) if r['image'] else ''}" for r in make_catalog().items]
+        path.write_text("item,title,image\n" + "\n".join(rows) + "\n")
+        data = {**layout, **COMMON, "modalities": ["image"], "min_rating": MIN_RATING,
+                "items": {"path": str(path), "vectors": {"image": "image"}}}
+        _prepare(data, tmp_path / name)
+        features[name] = load_item_features(tmp_path / name, ["image"])["image"]
+    assert features["plain"].abs().sum() > 0
+    assert torch.equal(features["json"], features["plain"])
+
+
 def test_bad_vectors_in_a_keyed_npy(tmp_path):
     data = _csv_config(tmp_path)
     images = np.load(tmp_path / "raw" / "images.npy")
     images[2, 1] = np.nan
     np.save(tmp_path / "raw" / "images.npy", images)
     with pytest.raises(DataError, match=r"images\.npy, row 2: NaN or inf"):
+        _prepare(data, tmp_path / "out")
+    np.save(tmp_path / "raw" / "images.npy", np.nan_to_num(images.astype(np.float64), nan=1e300))  # finite in float64
+    with pytest.raises(DataError, match=r"images\.npy, row 2: NaN or inf .*beyond float32's range"):
         _prepare(data, tmp_path / "out")
     images[2, 1] = 0.0
     np.save(tmp_path / "raw" / "images.npy", images)

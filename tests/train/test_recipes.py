@@ -451,3 +451,26 @@ def test_alignment_draws_observed_rejections_from_the_training_ones_only(tmp_pat
         start, count = int(recipe.ctx_rej_start[c]), int(recipe.ctx_rej_available[c])
         usable |= {(user, int(i)) for i in recipe.rej_items[start:start + count]}
     assert usable == pairs[False]
+
+
+def test_a_non_finite_loss_stops_the_run_before_its_update(dataset, monkeypatch):
+    """A NaN loss at step 3 ends the run with an error naming the step, before the update: every
+    checkpoint written holds finite weights, and the run resumes from the last one."""
+    import rodpo_dist.train.pretrain as pretraining
+
+    real, calls = pretraining.next_item_loss, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        ce, aux = real(*args, **kwargs)
+        return (ce * float("nan") if len(calls) == 3 else ce), aux
+
+    monkeypatch.setattr(pretraining, "next_item_loss", poisoned)
+    cfg = _cfg(dataset, "nan", "pretrain.epochs=1", "runtime.checkpoint_every=1")
+    with pytest.raises(FloatingPointError, match=r"not finite at step 3 \(epoch 1\) on 1 rank\(s\)"):
+        pretrain(cfg)
+    saved = sorted((dataset / "nan" / "pretrain").glob("ckpt-*/model.safetensors"))
+    assert [p.parent.name for p in saved][-1] == "ckpt-00000002"
+    assert all(torch.isfinite(w).all() for p in saved for w in load_file(str(p)).values())
+    monkeypatch.setattr(pretraining, "next_item_loss", real)
+    assert set(pretrain(cfg, resume="auto")) >= {"valid", "test"}
