@@ -2,7 +2,7 @@
 
 - `read_events`: a `.csv` / `.tsv` / `.jsonl` / `.parquet` / RecBole `.inter` file, read in chunks,
   into `Events`: user and item ids coded by first appearance, timestamps (numbers or ISO-8601), and
-  the raw ratings when the file has a rating column.
+  the raw ratings when a setting needs them (`data.min_rating`, `data.max_dislike_rating`).
 - `split_by_rating`: the interactions rated at or above `min_rating`, and the rest (kept apart, not
   thrown away, so that a later step can use them as observed dislikes).
 - `observed_rejections`: the interactions rated at or below `data.max_dislike_rating` (or whose event
@@ -31,7 +31,7 @@ from rodpo_dist.data.vocab import Vocabulary
 
 @dataclass(frozen=True)
 class EventColumns:
-    """The columns of an interaction file; `rating` is read when present, required when `rating_required`."""
+    """The columns of an interaction file; `rating` is read (and required) only when `rating_required`."""
 
     user: str
     item: str
@@ -73,9 +73,9 @@ def read_events(path: str | Path, columns: EventColumns, chunk_rows: int) -> Eve
     table = Table(path, chunk_rows)
     wanted = [table.require(columns.user, "data.columns.user"), table.require(columns.item, "data.columns.item"),
               table.require(columns.timestamp, "data.columns.timestamp")]
-    if columns.rating_required:
-        table.require(columns.rating, "data.columns.rating, needed by data.min_rating")
-    has_rating = columns.rating in table.names
+    has_rating = columns.rating_required  # unused otherwise: not parsed, so blank cells there do no harm
+    if has_rating:
+        table.require(columns.rating, "data.columns.rating, needed by data.min_rating / data.max_dislike_rating")
     has_event = bool(columns.dislike_events)
     if has_event:
         table.require(columns.event, "data.columns.event, needed by data.dislike_events")

@@ -116,7 +116,17 @@ def test_min_rating_without_a_rating_column_names_file_and_column(tmp_path):
     path = tmp_path / "events.csv"
     path.write_text("user,item,timestamp\nu1,i1,1\n")
     with pytest.raises(DataError, match=r"events\.csv, header, column 'rating': no column 'rating' "
-                                        r"\(data\.columns\.rating, needed by data\.min_rating\)"):
+                                        r"\(data\.columns\.rating, needed by data\.min_rating"):
+        read_events(path, EventColumns("user", "item", "timestamp", "rating", rating_required=True), 10)
+
+
+def test_a_rating_column_no_setting_needs_is_not_read(tmp_path):
+    """Blank or unparsable ratings matter only to the settings that read them."""
+    path = tmp_path / "events.csv"
+    path.write_text("user,item,timestamp,rating\nu1,i1,1,5\nu1,i2,2,\nu1,i3,3,n/a\n")
+    events = read_events(path, COLUMNS, 10)
+    assert len(events) == 3 and events.rating is None
+    with pytest.raises(DataError, match=r"events\.csv, row 2, column 'rating': unparsable rating ''"):
         read_events(path, EventColumns("user", "item", "timestamp", "rating", rating_required=True), 10)
 
 
