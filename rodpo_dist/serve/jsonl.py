@@ -55,10 +55,8 @@ def recommend_file(recommender: Recommender, input_path: str | Path, out_path: s
         with open(tmp, "w") as f, tqdm(total=total, desc="recommend", unit="user", disable=not progress) as bar:
             while chunk := list(islice(requests, CHUNK)):
                 histories = [recommender.encode(history, where, k, warn) for where, _, history in chunk]
-                ids, scores = recommender.top_k(histories, k)
-                for (_, user, _), row, row_scores in zip(chunk, ids, scores):
-                    items = recommender.item_ids.to_raw(row)
-                    f.write(json.dumps({"user": user, "items": items, "scores": row_scores.tolist()}) + "\n")
+                for (_, user, _), top in zip(chunk, recommender.ranked(histories, k)):
+                    f.write(json.dumps({"user": user, "items": top.items, "scores": top.scores}) + "\n")
                 count += len(chunk)
                 bar.update(len(chunk))
         tmp.replace(out)

@@ -82,13 +82,22 @@ class Recommender:
                   skip_unknown: bool = False) -> list[Recommendation]:
         """The top `k` items of each history (raw ids, oldest first), none of its own items.
 
-        Unknown item ids are a `RequestError`, or with `skip_unknown` a logged warning and skipped.
+        Unknown item ids are a `RequestError`, or with `skip_unknown` a logged warning and skipped (a
+        history left with no known item gets no recommendation: empty lists).
         """
         self.check_k(k)
         warn = log.warning if skip_unknown else None
-        ids = [self.encode(h, f"history {i}", k, warn) for i, h in enumerate(histories)]
-        top_ids, top_scores = self.top_k(ids, k)
-        return [Recommendation(self.item_ids.to_raw(i), s.tolist()) for i, s in zip(top_ids, top_scores)]
+        return self.ranked([self.encode(h, f"history {i}", k, warn) for i, h in enumerate(histories)], k)
+
+    def ranked(self, histories: Sequence[np.ndarray], k: int) -> list[Recommendation]:
+        """The top `k` items of each history of internal ids (`encode`); an empty history gets none."""
+        known = [i for i, h in enumerate(histories) if len(h)]
+        out = [Recommendation([], [])] * len(histories)
+        if known:
+            top_ids, top_scores = self.top_k([histories[i] for i in known], k)
+            for i, row, scores in zip(known, top_ids, top_scores):
+                out[i] = Recommendation(self.item_ids.to_raw(row), scores.tolist())
+        return out
 
     def check_k(self, k: int) -> None:
         if k < 1:
@@ -99,7 +108,8 @@ class Recommender:
     def encode(self, history: Any, where: str, k: int, warn: Callable[[str], Any] | None = None) -> np.ndarray:
         """Internal ids of one history of raw ids; `where` names it in errors.
 
-        An unknown item id is an error, or with `warn` reported to it and skipped.
+        An unknown item id is an error, or with `warn` reported to it and skipped; a history with no
+        known item left is then empty (no recommendation), reported too.
         """
         if isinstance(history, (str, bytes, dict)) or not isinstance(history, Iterable):
             raise RequestError(f"{where}: the history must be a list of item ids, got {type(history).__name__}")
@@ -113,6 +123,9 @@ class Recommender:
                 warn(f"{where}: unknown item id {raw!r} skipped")
             else:
                 raise RequestError(f"{where}: unknown item id {raw!r}")
+        if not ids and seen and warn is not None:
+            warn(f"{where}: no known item id in the history: no recommendation")
+            return np.zeros(0, dtype=np.int64)
         if not ids:
             raise RequestError(f"{where}: empty history" + (" (every item id was unknown)" if seen else ""))
         free = self.item_ids.num_items - len(set(ids))

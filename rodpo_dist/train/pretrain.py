@@ -103,8 +103,10 @@ class Pretraining(Recipe):
                     f"Stopped early after epoch {state.epoch} of at most {p.epochs}: {p.patience} validations "
                     f"without a better {metric}."}
         return {"stopped": "cap", "epochs": state.epoch, "stop_reason":
-                f"Hit the cap of {p.epochs} epochs: validation {metric} still improved within the last "
-                f"{p.patience} validations; more epochs (pretrain.epochs) may help."}
+                f"Hit the cap of {p.epochs} epochs before {p.patience} validations in a row without a better "
+                f"{metric} (the last {state.bad_evals} did not improve on the best, at step {state.best_step}). "
+                f"More epochs may help: the learning-rate schedule spans pretrain.epochs, so a finished run is "
+                f"not extended; train anew with a higher pretrain.epochs (`--overwrite`, or another run_dir)."}
 
 
 def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, preemption=None):

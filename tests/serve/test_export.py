@@ -120,3 +120,17 @@ def test_the_exported_scorer_ranks_the_whole_catalog_without_padding(demo_run, e
     assert min(scores) < 0  # else the padding row would rank last and the check below could not see it
     assert sorted(items) == sorted(set(range(1, 151)) - set(history))
     assert items == recommender.recommend([history], k)[0].items
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"history": [1, 2]}', '{"history": [3, "nope"]}'], "line 2: unknown item id 'nope'"),
+    (['{"history": [1, 2]}', "", '{"history": []}'], "line 3: empty history"),
+    (['{"history": [1, 2]'], "line 1: malformed JSON"),
+    (['{"history": [1, 2, 3]}'], "line 1: k=148 but only 147 catalog items are not in the history"),
+])
+def test_the_exported_script_names_the_bad_request_and_writes_nothing(exported, tmp_path, lines, message):
+    k = "148" if "k=148" in message else "10"
+    done = subprocess.run([sys.executable, "-I", str(exported / LOADER_FILE), str(exported), "--k", k],
+                          input="\n".join(lines) + "\n", capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 1 and not done.stdout
+    assert done.stderr.startswith(f"{LOADER_FILE}: error: {message}")  # no traceback

@@ -56,10 +56,14 @@ def test_k_larger_than_the_catalog(demo_run, tmp_path, capsys):
 
 
 def test_skip_unknown_warns_and_skips(demo_run, tmp_path, capsys):
-    code, out = _recommend(demo_run, tmp_path, ['{"user": 0, "history": [5, "B00XYZ", 6]}'], "--skip-unknown")
+    code, out = _recommend(demo_run, tmp_path, ['{"user": 0, "history": [5, "B00XYZ", 6]}',
+                                                '{"user": 1, "history": ["B00XYZ"]}'], "--skip-unknown")
     assert code == 0
-    assert f"warning: {tmp_path / 'requests.jsonl'}:1: unknown item id 'B00XYZ' skipped\n" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"warning: {tmp_path / 'requests.jsonl'}:1: unknown item id 'B00XYZ' skipped\n" in err
+    assert f"warning: {tmp_path / 'requests.jsonl'}:2: no known item id in the history: no recommendation\n" in err
     assert out[0]["items"] == Recommender.from_checkpoint(demo_run.checkpoint).recommend([[5, 6]], 10)[0].items
+    assert out[1] == {"user": 1, "items": [], "scores": []}  # every request has its line, in input order
 
 
 def test_requests_stream_in_chunks_in_input_order(demo_run, tmp_path, monkeypatch):

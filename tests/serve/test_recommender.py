@@ -93,8 +93,12 @@ def test_skipped_unknown_items_are_logged(demo, caplog):
         (r,) = rec.recommend([[4, "nope", 9]], K, skip_unknown=True)
     assert "history 0: unknown item id 'nope' skipped" in caplog.text
     assert r == rec.recommend([[4, 9]], K)[0]
-    with pytest.raises(RequestError, match=r"^history 0: empty history \(every item id was unknown\)$"):
-        rec.recommend([["nope"]], K, skip_unknown=True)
+    with caplog.at_level(logging.WARNING):  # a cold-start history: no recommendation, the others as alone
+        cold, known = rec.recommend([["nope"], [4, 9]], K, skip_unknown=True)
+    assert "history 0: no known item id in the history: no recommendation" in caplog.text
+    assert cold == ([], []) and known == r
+    with pytest.raises(RequestError, match=r"^history 0: unknown item id 'nope'$"):
+        rec.recommend([["nope"]], K)
 
 
 def test_item_ids_match_by_string_form():

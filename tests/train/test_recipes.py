@@ -128,7 +128,8 @@ def test_the_gradient_is_that_of_the_loss_normalised_by_the_epochs_mean_targets_
     # lr 1e-12 leaves the fp32 weights as they are: the second validation is no better, patience 1 stops
     (["pretrain.epochs=50", "pretrain.patience=1", "pretrain.lr=1e-12"],
      "Stopped early after epoch 2 of at most 50: 1 validations without a better ndcg@5."),
-    (["pretrain.epochs=1", "pretrain.patience=1"], "Hit the cap of 1 epochs: validation ndcg@5 still improved"),
+    (["pretrain.epochs=1", "pretrain.patience=1"], "Hit the cap of 1 epochs before 1 validations in a row without "
+                                                   "a better ndcg@5 (the last 0 did not improve"),
 ])
 def test_the_report_says_whether_pretraining_stopped_early_or_hit_the_cap(dataset, settings, reason):
     from rodpo_dist.train.run_log import read_metrics
