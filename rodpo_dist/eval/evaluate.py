@@ -46,11 +46,17 @@ def evaluate(model: torch.nn.Module, item_table: torch.Tensor, contexts: Context
 
 
 def markdown_table(rows: dict[str, dict[str, float]], columns: list[str]) -> str:
-    """Rows (name -> metrics) as a Markdown table over `columns`."""
+    """Rows (name -> metrics) as a Markdown table over `columns` (a metric a row lacks: blank)."""
     lines = ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, metrics in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{metrics[c]:.4f}" for c in columns) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{metrics[c]:.4f}" if c in metrics else "" for c in columns) + " |")
     return "\n".join(lines)
+
+
+def metric_columns(results: dict[str, dict[str, float]], ks: list[int]) -> list[str]:
+    """The table's columns: HR / NDCG / MRR at each K, then the dislike rates any row has."""
+    dislikes = sorted({m for metrics in results.values() for m in metrics if m.startswith("dislike_hr@")})
+    return [f"{m}@{k}" for k in ks for m in ("hr", "ndcg", "mrr")] + dislikes
 
 
 def write_report(path: str | Path, results: dict[str, dict[str, float]], ks: list[int], note: str = "") -> None:
@@ -58,8 +64,8 @@ def write_report(path: str | Path, results: dict[str, dict[str, float]], ks: lis
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    columns = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg", "mrr")]
-    path.with_suffix(".md").write_text(markdown_table(results, columns) + "\n" + (f"\n{note}\n" if note else ""))
+    path.with_suffix(".md").write_text(markdown_table(results, metric_columns(results, ks)) + "\n"
+                                       + (f"\n{note}\n" if note else ""))
 
 
 def save_ranks(path: str | Path, ranks: dict[str, tuple[np.ndarray, torch.Tensor]]) -> None:

@@ -14,17 +14,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from rodpo_dist.config import Config
+from rodpo_dist.config import CONFIG_FILE, Config, differing_keys, read_yaml
 from rodpo_dist.data import SequenceBatch, TrainingContexts, load_split
 from rodpo_dist.data.batching import length_grouped_batches
 from rodpo_dist.model import make_model
 from rodpo_dist.model.expert_parallel import join_expert_groups
-from rodpo_dist.model.weights import load_weights
+from rodpo_dist.model.weights import CheckpointError, load_weights
 from rodpo_dist.train.checkpoint import TrainState
 from rodpo_dist.train.false_negatives import FalseNegativeCounter, held_out_rates, pool_rates
 from rodpo_dist.train.losses import log_partition, sampled_softmax_loss, training_proposal
@@ -55,6 +56,31 @@ def global_batches(num_sequences: int, lengths: np.ndarray, cfg: Config, epoch: 
     return length_grouped_batches(lengths, size, cfg.data.length_window, rng) if num_sequences else []
 
 
+MODEL_SETTINGS = ("model.", "moe.", "data.modalities")
+"""The settings that shape the weights: a checkpoint fits the model only when they agree."""
+
+
+def load_init(cfg: Config, model: torch.nn.Module) -> None:
+    """Load the `init` checkpoint into `model`; when it does not fit, name the model settings in which
+    the checkpoint's saved config and this one differ."""
+    try:
+        load_weights(cfg.init, model)
+    except CheckpointError as err:
+        saved = next((p / CONFIG_FILE for p in (Path(cfg.init), Path(cfg.init).parent) if (p / CONFIG_FILE).is_file()),
+                     None)
+        if saved is None:
+            raise
+        trained = read_yaml(saved)
+        diff = {k: v for k, v in differing_keys({**trained, "stage": cfg.stage}, cfg).items()
+                if k.startswith(MODEL_SETTINGS)}
+        if not diff:
+            raise
+        named = ", ".join(f"{k}: {a!r} (checkpoint) vs {b!r} (here)" for k, (a, b) in diff.items())
+        override = " ".join(f"{k}={a}" for k, (a, _) in diff.items())
+        raise CheckpointError(f"{err}. Its model settings differ from this config's: {named}. Align with the "
+                              f"settings it was trained with (overrides: {override})") from None
+
+
 DPO_STATS = ("dpo_loss", "margin", "accuracy", "chosen_reward", "rejected_reward", "logp_chosen_ref")
 
 
@@ -70,7 +96,7 @@ class Alignment(Recipe):
         uses_ce = a.strategy == "ce" or a.ce_weight > 0
         self.stat_names = ("loss", "logp_chosen", *(("ce",) if uses_ce else ()),
                            *(DPO_STATS if a.strategy != "ce" else ()))
-        load_weights(cfg.init, self.model)
+        load_init(cfg, self.model)
         self.reference = make_model(cfg, self.data, self.rt.device)
         load_weights(cfg.init, self.reference)
         join_expert_groups(self.reference, attach=True)  # no engine wraps the reference

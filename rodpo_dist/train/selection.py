@@ -9,7 +9,7 @@ import numpy as np
 
 from rodpo_dist.config import Config
 from rodpo_dist.data.dataset import PreparedDataset, load_dataset
-from rodpo_dist.eval.evaluate import evaluate, markdown_table, save_ranks, write_report
+from rodpo_dist.eval.evaluate import evaluate, markdown_table, metric_columns, save_ranks, write_report
 from rodpo_dist.eval.dislikes import DISLIKE_K, dislike_metric, dislike_rates
 from rodpo_dist.eval.truth import liked_ndcg
 from rodpo_dist.model import SASRec, make_model
@@ -116,5 +116,8 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, splits: list[str]) 
     model = make_model(cfg, data, rt.device)
     load_weights(checkpoint, model)
     results = evaluate_splits(model, data, cfg, rt, tuple(splits))
-    print(markdown_table(results, [f"{m}@{k}" for k in cfg.eval.ks for m in ("hr", "ndcg", "mrr")]))
+    if data.rejections is not None:  # observed rejections: the held-out ones' dislike rate too
+        for split, metrics in _dislikes(model, data, cfg, rt, tuple(splits))[0].items():
+            results[split] |= metrics
+    print(markdown_table(results, metric_columns(results, cfg.eval.ks)))
     return results

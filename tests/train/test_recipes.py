@@ -431,16 +431,22 @@ def test_the_trdpo_update_moves_the_reference_toward_the_policy(dataset, backbon
     assert not torch.allclose(recipe.ref_table, recipe.model.item_encoder.item_table(64))
 
 
-def test_alignment_draws_observed_rejections_from_the_training_ones_only(tmp_path):
+def test_alignment_draws_observed_rejections_from_the_training_ones_only(tmp_path, capsys):
     """With `align.rejected: observed`, each context's usable rejections are its own user's training
-    rejections (never a held-out one, which the dislike metrics score)."""
+    rejections (never a held-out one, which the dislike metrics score: in the report and `evaluate`)."""
     from rodpo_dist.train.align import Alignment
+    from rodpo_dist.train.selection import evaluate_checkpoint
 
     args = [*TINY, "data.synthetic.dislike_rate=0.3", f"data.prepared_dir={tmp_path}/data",
             f"runtime.run_dir={tmp_path}/runs"]
     cfg = load_config(None, [*args, "pretrain.epochs=1"])
     prepare(cfg.data, cfg.data.prepared_dir, progress=False)
-    pretrain(cfg)
+    reported = pretrain(cfg)
+    assert "| dislike_hr@10 |" in (tmp_path / "runs" / "pretrain" / "report.md").read_text()
+    capsys.readouterr()
+    evaluated = evaluate_checkpoint(cfg, tmp_path / "runs" / "pretrain" / "best", ["test"])
+    assert evaluated["test"]["dislike_hr@10"] == reported["test"]["dislike_hr@10"]
+    assert "| dislike_hr@10 |" in capsys.readouterr().out
     recipe = Alignment(load_config(None, [*args, *ALIGN, f"init={tmp_path}/runs/pretrain/best",
                                           "align.strategy=rodpo", "align.rejected=observed"]))
     rej = recipe.data.rejections
@@ -475,3 +481,13 @@ def test_a_non_finite_loss_stops_the_run_before_its_update(dataset, monkeypatch)
     assert all(torch.isfinite(w).all() for p in saved for w in load_file(str(p)).values())
     monkeypatch.setattr(pretraining, "next_item_loss", real)
     assert set(pretrain(cfg, resume="auto")) >= {"valid", "test"}
+
+
+def test_an_init_checkpoint_of_another_model_shape_names_the_differing_settings(dataset, backbone):
+    from rodpo_dist.model.weights import CheckpointError
+    from rodpo_dist.train.align import Alignment
+
+    with pytest.raises(CheckpointError, match=r"does not fit the model: .*Its model settings differ from this "
+                                              r"config's: model\.hidden: 16 \(checkpoint\) vs 32 \(here\)\. .*"
+                                              r"\(overrides: model\.hidden=16\)"):
+        Alignment(_cfg(dataset, "al-shape", *ALIGN, f"init={backbone}", "model.hidden=32"))
