@@ -285,6 +285,10 @@ class Alignment(Recipe):
         state.extra.setdefault("pool_false_negative_rates", []).append(rates)
         self.log.log(state.step, record, kind="pool")
 
+    def validate_after_epoch(self, state: TrainState) -> bool:
+        every = self.cfg.align.eval_every_steps
+        return not (every and state.step % every == 0)  # after_step has just validated this step
+
     def after_step(self, state: TrainState) -> None:
         a = self.cfg.align
         if a.reference_update_every and state.step % a.reference_update_every == 0:

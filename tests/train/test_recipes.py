@@ -491,3 +491,11 @@ def test_an_init_checkpoint_of_another_model_shape_names_the_differing_settings(
                                               r"config's: model\.hidden: 16 \(checkpoint\) vs 32 \(here\)\. .*"
                                               r"\(overrides: model\.hidden=16\)"):
         Alignment(_cfg(dataset, "al-shape", *ALIGN, f"init={backbone}", "model.hidden=32"))
+
+
+def test_an_epoch_ending_on_a_validation_step_validates_once(dataset, backbone):
+    from rodpo_dist.train.align import align
+    from rodpo_dist.train.run_log import read_metrics
+
+    align(_cfg(dataset, "al-evals", *ALIGN, f"init={backbone}", "align.strategy=random", "align.eval_every_steps=5"))
+    assert [r["step"] for r in read_metrics(dataset / "al-evals" / "align-random", "valid")] == [0, 5, 10]
