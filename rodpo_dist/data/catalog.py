@@ -18,9 +18,10 @@ import numpy as np
 
 from rodpo_dist.config import DataConfig
 from rodpo_dist.data.errors import DataError
-from rodpo_dist.data.events import EventColumns, observed_rejections, read_events, split_by_rating, to_interactions
+from rodpo_dist.data.events import (EventColumns, observed_rejections, open_events, read_events, split_by_rating,
+                                    to_interactions)
 from rodpo_dist.data.features import Modality
-from rodpo_dist.data.item_table import ItemTableSpec, item_modalities, read_table_ids
+from rodpo_dist.data.item_table import ItemTableSpec, item_modalities, open_item_table, read_table_ids
 from rodpo_dist.data.sources import Interactions
 
 
@@ -49,9 +50,27 @@ def interactions_spec(cfg: DataConfig) -> CatalogSpec:
     return CatalogSpec(Path(cfg.path), event_columns(cfg, "user", "item"), table)
 
 
+def check_headers(spec: CatalogSpec, chunk_rows: int) -> None:
+    """Before reading any file whole: every column each file must hold, all problems at once."""
+    problems = []
+    openers = [lambda: open_events(spec.interactions, spec.columns, chunk_rows)]
+    if spec.table is not None:
+        openers.append(lambda: open_item_table(spec.table, chunk_rows))
+    for opener in openers:
+        try:
+            opener()
+        except DataError as err:
+            problems.append(err)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise DataError("the input files", f"{len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
 def load_catalog(spec: CatalogSpec, cfg: DataConfig,
                  progress: bool) -> tuple[Interactions, dict[str, Callable[[], Modality]], dict[str, Any]]:
     """(user sequences, modality factories of their items, counts for the manifest's stats)."""
+    check_headers(spec, cfg.read_chunk_rows)
     events = read_events(spec.interactions, spec.columns, cfg.read_chunk_rows)
     stats: dict[str, Any] = {}
     if spec.table is not None:

@@ -42,6 +42,16 @@ class EventColumns:
     dislike_events: tuple[str, ...] = ()
     """Values of the `event` column that mark an observed rejection (the column is required when given)."""
 
+    def roles(self) -> dict[str, str]:
+        """The columns read, each with the setting that names it."""
+        roles = {self.user: "data.columns.user", self.item: "data.columns.item",
+                 self.timestamp: "data.columns.timestamp"}
+        if self.rating_required:
+            roles[self.rating] = "data.columns.rating, needed by data.min_rating / data.max_dislike_rating"
+        if self.dislike_events:
+            roles[self.event] = "data.columns.event, needed by data.dislike_events"
+        return roles
+
 
 @dataclass
 class Events:
@@ -68,21 +78,22 @@ class Events:
                        disliked=None if self.disliked is None else self.disliked[mask])
 
 
+def open_events(path: str | Path, columns: EventColumns, chunk_rows: int) -> Table:
+    """The interaction file, its header holding every column read (all the missing ones named at once)."""
+    table = Table(path, chunk_rows)
+    table.require(columns.roles())
+    return table
+
+
 def read_events(path: str | Path, columns: EventColumns, chunk_rows: int) -> Events:
     """Read an interaction file chunk by chunk (memory: the chunk plus 20 bytes per interaction)."""
-    table = Table(path, chunk_rows)
-    wanted = [table.require(columns.user, "data.columns.user"), table.require(columns.item, "data.columns.item"),
-              table.require(columns.timestamp, "data.columns.timestamp")]
+    table = open_events(path, columns, chunk_rows)
     has_rating = columns.rating_required  # unused otherwise: not parsed, so blank cells there do no harm
-    if has_rating:
-        table.require(columns.rating, "data.columns.rating, needed by data.min_rating / data.max_dislike_rating")
     has_event = bool(columns.dislike_events)
-    if has_event:
-        table.require(columns.event, "data.columns.event, needed by data.dislike_events")
     users, items = Vocabulary(), Vocabulary()
     parts: dict[str, list[np.ndarray]] = {"user": [], "item": [], "time": [], "rating": [], "disliked": []}
     kinds = pa.array(list(columns.dislike_events), pa.string())
-    for chunk in table.chunks(wanted + ([columns.rating] if has_rating else []) + ([columns.event] if has_event else [])):
+    for chunk in table.chunks(list(columns.roles())):
         parts["user"].append(users.encode(ids(chunk, columns.user)).astype(np.int32))
         parts["item"].append(items.encode(ids(chunk, columns.item)).astype(np.int32))
         parts["time"].append(timestamps(chunk, columns.timestamp))

@@ -38,17 +38,34 @@ class ItemTableSpec:
     vectors: dict[str, str] = field(default_factory=dict)
     """Modality name -> a column of the table, or a `.npy` path keyed by raw id."""
 
+    def roles(self) -> dict[str, str]:
+        """The table columns pass 2 reads (`.npy` vectors are files, not columns), each with the
+        setting that names it."""
+        roles = {self.id: "id"}
+        for column in self.text:
+            roles.setdefault(column, "text")
+        for column in self.attributes:
+            roles.setdefault(column, "attributes")
+        for name, source in self.vectors.items():
+            if not source.endswith(".npy"):
+                roles.setdefault(source, f"vectors.{name}")
+        return roles
+
     def columns(self) -> list[str]:
-        """The table columns pass 2 reads (`.npy` vectors are files, not columns)."""
-        vector_columns = [v for v in self.vectors.values() if not v.endswith(".npy")]
-        return list(dict.fromkeys([self.id, *self.text, *self.attributes, *vector_columns]))
+        """The table columns pass 2 reads."""
+        return list(self.roles())
+
+
+def open_item_table(spec: ItemTableSpec, chunk_rows: int) -> Table:
+    """The item table, its header holding every column read (all the missing ones named at once)."""
+    table = Table(spec.path, chunk_rows)
+    table.require({column: f"data.items.{role}" for column, role in spec.roles().items()})
+    return table
 
 
 def read_table_ids(spec: ItemTableSpec, chunk_rows: int) -> Vocabulary:
     """Every raw id of the table (pass 1); a repeated id is an error naming its two rows."""
-    table = Table(spec.path, chunk_rows)
-    for column in spec.columns():
-        table.require(column, "data.items")
+    table = open_item_table(spec, chunk_rows)
     vocab = Vocabulary()
     first_row = np.zeros(0, dtype=np.int64)
     for chunk in table.chunks([spec.id]):

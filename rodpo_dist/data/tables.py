@@ -66,12 +66,14 @@ class Table:
         self.format = FORMATS[self.path.suffix.lower()]
         self.names, self.types = self._header()
 
-    def require(self, column: str, role: str) -> str:
-        """`column`, or a DataError naming the file and the column when the header lacks it."""
-        if column not in self.names:
-            raise DataError(self.path, f"no column {column!r} ({role}); its columns: {', '.join(self.names)}",
-                            f"header, column {column!r}")
-        return column
+    def require(self, roles: dict[str, str]) -> None:
+        """A DataError naming the file and every column of `roles` (column -> the setting that names
+        it) that the header lacks."""
+        missing = [c for c in roles if c not in self.names]
+        if missing:
+            problems = ", ".join(f"no column {c!r} ({roles[c]})" for c in missing)
+            raise DataError(self.path, f"{problems}; its columns: {', '.join(self.names)}",
+                            f"header, column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
 
     def _header(self) -> tuple[list[str], dict[str, str]]:
         if self.format == "parquet":
@@ -110,7 +112,7 @@ class Table:
         return list(keys)
 
     def chunks(self, columns: list[str]) -> Iterator[Chunk]:
-        """Chunks of the file holding `columns` (each checked with `require` first)."""
+        """Chunks of the file holding `columns` (checked with `require` first)."""
         columns = list(dict.fromkeys(columns))
         first = 1
         try:

@@ -84,8 +84,26 @@ def test_duplicate_item_id_names_both_rows(tmp_path):
 
 
 def test_item_table_column_missing(tmp_path):
-    with pytest.raises(DataError, match=r"products\.csv, header, column 'colour': no column 'colour' \(data\.items\)"):
+    with pytest.raises(DataError, match=r"products\.csv, header, column 'colour': no column 'colour' "
+                                        r"\(data\.items\.attributes\)"):
         _prepare(_csv_config(tmp_path, attributes=["brand", "colour"]), tmp_path / "out")
+
+
+def test_every_missing_column_of_every_file_is_named_before_any_file_is_read(tmp_path, monkeypatch):
+    import rodpo_dist.data.catalog as catalog
+
+    data = _csv_config(tmp_path, attributes=["brand", "colour"])
+    data["columns"] = {**data["columns"], "user": "cust", "timestamp": "time"}
+    monkeypatch.setattr(catalog, "read_events", lambda *a: pytest.fail("an events file was read whole first"))
+    with pytest.raises(DataError) as err:
+        _prepare(data, tmp_path / "out")
+    lines = str(err.value).splitlines()
+    assert lines[0] == "the input files: 2 problems:"
+    assert lines[1].startswith("  - ") and "header, columns 'cust', 'time': no column 'cust' (data.columns.user), " \
+        "no column 'time' (data.columns.timestamp); its columns: " in lines[1]
+    assert lines[2].startswith("  - ") and lines[2].endswith("products.csv, header, column 'colour': no column "
+                                                             "'colour' (data.items.attributes); its columns: "
+                                                             "sku, title, brand, category")
 
 
 def _without_product(tmp_path, item: str) -> dict:
