@@ -201,9 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"rodpo: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, FloatingPointError) as err:
         print(f"rodpo: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("rodpo: interrupted; a training run continues from its last checkpoint with --resume auto",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -44,6 +44,9 @@ def test_evaluate_reads_the_run_config_and_verify_checks_the_shards(tmp_path, ca
     assert "matches its sha256" in capsys.readouterr().out
     assert main(["evaluate", "--checkpoint", f"{tmp_path}/nothing"]) == 1
     assert "no config.yaml" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", f"{tmp_path}/run/pretrain"]) == 1  # the run folder, not a checkpoint
+    assert (f"checkpoint {tmp_path}/run/pretrain has no model.safetensors (a run folder: its validation-selected "
+            f"checkpoint is {tmp_path}/run/pretrain/best)") in capsys.readouterr().err
     assert main(["pretrain", *common]) == 1  # the folder holds a run: neither resumed nor overwritten
     assert "already holds a run" in capsys.readouterr().err
 
@@ -78,3 +81,15 @@ def test_sweep_records_every_point_on_validation_only(tmp_path, capsys):
     assert [{k: v for k, v in e.items() if k != "command"} for e in again] == [
         {k: v for k, v in e.items() if k != "command"} for e in entries]
     assert {run: trained(run) for run in runs} == before
+
+
+def test_an_interrupt_ends_with_the_way_to_resume_and_no_traceback(monkeypatch, capsys):
+    import rodpo_dist.data.prepare as preparation
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(preparation, "ensure_prepared", interrupted)
+    assert main(["pretrain", "--config", "configs/demo.yaml"]) == 130
+    assert capsys.readouterr().err == ("rodpo: interrupted; a training run continues from its last checkpoint "
+                                       "with --resume auto\n")

@@ -119,6 +119,8 @@ def dense_by_raw_id(path: str | Path, raw_ids: list[str]) -> Modality:
     """
     matrix = _load_npy(path)
     keys = ids_file(path).read_text(encoding="utf-8").splitlines()
+    while keys and not keys[-1].strip():  # blank lines at the end are no ids
+        keys.pop()
     if len(keys) != len(matrix):
         raise DataError(ids_file(path), f"has {len(keys)} ids for the {len(matrix)} rows of {path}")
     row_of: dict[str, int] = {}

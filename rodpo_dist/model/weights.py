@@ -20,7 +20,9 @@ def load_weights(path: str | Path, model: torch.nn.Module) -> None:
     """Load only the model weights of checkpoint `path` (strict: names and shapes must match)."""
     file = Path(path) / WEIGHTS_FILE
     if not file.is_file():
-        raise CheckpointError(f"checkpoint {path} has no model.safetensors")
+        hint = f" (a run folder: its validation-selected checkpoint is {Path(path) / 'best'})" \
+            if (Path(path) / "best" / WEIGHTS_FILE).is_file() else ""
+        raise CheckpointError(f"checkpoint {path} has no model.safetensors{hint}")
     weights = local_state_dict(model, load_file(str(file)))
     expected = model.state_dict()
     missing, unexpected = expected.keys() - weights.keys(), weights.keys() - expected.keys()

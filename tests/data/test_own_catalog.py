@@ -181,6 +181,8 @@ def test_bad_vectors_in_a_keyed_npy(tmp_path):
     images[2, 1] = 0.0
     np.save(tmp_path / "raw" / "images.npy", images)
     ids = tmp_path / "raw" / "images.ids.txt"
+    ids.write_text(ids.read_text() + "\n\n")  # blank lines at the end (an editor's) are no ids
+    _prepare(data, tmp_path / "blank-lines")
     ids.write_text(ids.read_text().replace("p04", "p01"))
     with pytest.raises(DataError, match=r"images\.ids\.txt, line 4: item id 'p01' repeated \(first on line 1\)"):
         _prepare(data, tmp_path / "out")
