@@ -1,7 +1,8 @@
 """Chunked reading of tabular files with pyarrow: CSV, TSV, JSON lines, Parquet and RecBole atomic files.
 
 `Table(path)` learns the format from the extension (`.csv`, `.tsv`, `.jsonl`/`.ndjson`,
-`.parquet`/`.pq`, RecBole's `.inter`/`.item`) and the column names from the header (RecBole's
+`.parquet`/`.pq`, RecBole's `.inter`/`.item`; the text formats may be compressed, `.csv.gz`,
+`.jsonl.bz2`, ...) and the column names from the header (RecBole's
 `name:type` headers keep their types in `Table.types`). `Table.chunks(columns)` yields `Chunk`s of
 about `chunk_rows` rows holding only those columns, so memory is bounded by the chunk, not the file.
 Text formats are read as strings and parsed by the functions below (ids, numbers, timestamps,
@@ -11,10 +12,13 @@ texts, attribute tokens, vectors), so a bad value gets a `DataError` naming the 
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import io
 import json
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from itertools import islice
@@ -32,6 +36,8 @@ from rodpo_dist.data.errors import DataError
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
            ".pq": "parquet", ".inter": "atomic", ".item": "atomic"}
 _DELIMITERS = {"csv": ",", "tsv": "\t", "atomic": "\t"}
+COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open}
+"""Compressed text formats (`events.csv.gz`): read through the decompressor, never unpacked on disk."""
 _SECONDS = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}
 _PEEK_BYTES = 1 << 20
 
@@ -58,13 +64,21 @@ class Table:
     def __init__(self, path: str | Path, chunk_rows: int) -> None:
         self.path = Path(path)
         self.chunk_rows = chunk_rows
-        if self.path.suffix.lower() not in FORMATS:
-            raise DataError(self.path, f"unsupported extension {self.path.suffix!r}; expected one of "
-                            f"{', '.join(FORMATS)}")
+        self.opener = COMPRESSIONS.get(self.path.suffix.lower())
+        suffix = Path(self.path.stem).suffix if self.opener else self.path.suffix
+        fmt = FORMATS.get(suffix.lower())
+        if fmt is None or (self.opener and fmt == "parquet"):
+            extension = suffix + (self.path.suffix if self.opener else "")
+            raise DataError(self.path, f"unsupported extension {extension!r}; expected one of {', '.join(FORMATS)}, "
+                            f"the text ones optionally compressed ({', '.join(COMPRESSIONS)})")
         if not self.path.is_file():
             raise DataError(self.path, "does not exist")
-        self.format = FORMATS[self.path.suffix.lower()]
+        self.format = fmt
         self.names, self.types = self._header()
+
+    def open(self) -> io.BufferedIOBase:
+        """The file's bytes, decompressed."""
+        return self.opener(self.path, "rb") if self.opener else open(self.path, "rb")
 
     def require(self, roles: dict[str, str]) -> None:
         """A DataError naming the file and every column of `roles` (column -> the setting that names
@@ -81,7 +95,8 @@ class Table:
                 return list(pq.read_schema(self.path).names), {}
             except (pa.ArrowException, OSError) as err:
                 raise DataError(self.path, f"not a readable Parquet file ({err})") from None
-        with open(self.path, newline="", encoding="utf-8-sig") as f:  # a BOM is not part of the first name
+        # a BOM is not part of the first name
+        with io.TextIOWrapper(self.open(), encoding="utf-8-sig", newline="") as f:
             if self.format == "jsonl":
                 return self._json_keys(f), {}
             first = f.readline().rstrip("\r\n")
@@ -128,27 +143,28 @@ class Table:
             for batch in pq.ParquetFile(self.path).iter_batches(batch_size=self.chunk_rows, columns=columns):
                 yield {c: batch.column(c) for c in columns}
         elif self.format == "jsonl":
-            with open(self.path, "rb") as f:
+            with self.open() as f:
                 while lines := list(islice(f, self.chunk_rows)):
                     table = pa_json.read_json(io.BytesIO(b"".join(lines)))
                     yield {c: (table.column(c).combine_chunks() if c in table.column_names
                                else pa.nulls(table.num_rows, pa.string())) for c in columns}
         else:
             atomic = self.format == "atomic"
-            reader = pa_csv.open_csv(
-                self.path,
-                read_options=pa_csv.ReadOptions(block_size=self._block_bytes(), skip_rows=int(atomic),
-                                                column_names=self.names if atomic else None),
-                parse_options=pa_csv.ParseOptions(delimiter=_DELIMITERS[self.format],
-                                                  quote_char=False if atomic else '"'),
-                convert_options=pa_csv.ConvertOptions(include_columns=columns,
-                                                      column_types=dict.fromkeys(columns, pa.string())))
-            for batch in reader:
-                yield {c: batch.column(c) for c in columns}
+            with self.open() if self.opener else nullcontext(self.path) as source:  # a path: pyarrow's own reads
+                reader = pa_csv.open_csv(
+                    source,
+                    read_options=pa_csv.ReadOptions(block_size=self._block_bytes(), skip_rows=int(atomic),
+                                                    column_names=self.names if atomic else None),
+                    parse_options=pa_csv.ParseOptions(delimiter=_DELIMITERS[self.format],
+                                                      quote_char=False if atomic else '"'),
+                    convert_options=pa_csv.ConvertOptions(include_columns=columns,
+                                                          column_types=dict.fromkeys(columns, pa.string())))
+                for batch in reader:
+                    yield {c: batch.column(c) for c in columns}
 
     def _block_bytes(self) -> int:
         """CSV block size for about `chunk_rows` rows, from the mean line length of the file's first MiB."""
-        with open(self.path, "rb") as f:
+        with self.open() as f:
             head = f.read(_PEEK_BYTES)
         per_line = len(head) / max(head.count(b"\n"), 1)
         return int(min(max(per_line * self.chunk_rows, 1 << 16), (1 << 31) - 1))

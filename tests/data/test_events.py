@@ -29,15 +29,20 @@ def _rows(n_users: int = 6, n_items: int = 5):
     return rows
 
 
-@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "csv.gz", "tsv.bz2", "jsonl.gz"])
 def test_generic_kcore_and_remap(tmp_path, fmt):
+    import bz2
+    import gzip
+
     path = tmp_path / f"inter.{fmt}"
     rows = _rows()
-    if fmt == "jsonl":
-        path.write_text("\n".join(json.dumps({"user": u, "item": i, "timestamp": t}) for u, i, t in rows))
+    if fmt.startswith("jsonl"):
+        text = "\n".join(json.dumps({"user": u, "item": i, "timestamp": t}) for u, i, t in rows)
     else:
-        sep = "," if fmt == "csv" else "\t"
-        path.write_text(f"timestamp{sep}user{sep}item\n" + "\n".join(f"{t}{sep}{u}{sep}{i}" for u, i, t in rows))
+        sep = "," if fmt.startswith("csv") else "\t"
+        text = f"timestamp{sep}user{sep}item\n" + "\n".join(f"{t}{sep}{u}{sep}{i}" for u, i, t in rows)
+    compress = {"gz": gzip.compress, "bz2": bz2.compress}.get(fmt.rpartition(".")[2])
+    path.write_bytes(compress(text.encode()) if compress else text.encode())  # read compressed, never unpacked
     data = read_interactions(path, min_user_items=3, min_item_users=3)
     assert data.user_ids == [f"u{u}" for u in range(6)]
     assert data.item_ids == [f"i{i}" for i in range(5)]
@@ -76,6 +81,9 @@ def test_generic_errors(tmp_path):
         read_interactions(path, 1, 1)
     with pytest.raises(DataError, match=r"bad\.xlsx: unsupported extension '\.xlsx'"):
         read_interactions(tmp_path / "bad.xlsx", 1, 1)
+    with pytest.raises(DataError, match=r"bad\.parquet\.gz: unsupported extension '\.parquet\.gz'; expected .* "
+                                        r"optionally compressed \(\.gz, \.bz2\)"):
+        read_interactions(tmp_path / "bad.parquet.gz", 1, 1)
 
 
 def _events_table(n_users: int = 4, n_items: int = 5) -> pa.Table:
