@@ -71,12 +71,19 @@ METRIC = "ndcg@10"
 # ---------------------------------------------------------------------------------------------- RecBole
 
 def import_recbole() -> dict[str, Any]:
-    """RecBole's pieces, after the numpy shim it needs.
+    """RecBole's pieces, after the numpy shim it needs, with autograd anomaly detection off.
 
     Shim (numpy 2): RecBole 1.2.1's `Config.compatibility_settings` re-creates the aliases numpy 1.24
     removed (`np.float = np.float_`, `np.int`, `np.bool`, ...) that its evaluator and `Interaction`
     still use, reading `np.float_`, `np.complex_` and `np.unicode_`, which numpy 2 removed as well:
     `Config(...)` raises AttributeError without them. They are restored as the types they named.
+
+    Anomaly detection: RecBole 1.2.1's `model/sequential_recommender/sine.py` calls
+    `torch.autograd.set_detect_anomaly(True)` at import, and the package's `__init__` imports it with
+    every sequential model, SASRec included: the debugging mode (a stack trace recorded per forward
+    op, every backward output checked for NaN) stays on for the whole process, as it does for
+    anyone who runs RecBole's SASRec. It changes no number, only the time
+    (`benchmarks/bench_recbole_anomaly.py` measures it): off again here, on with `--anomaly-detection`.
     """
     for old, new in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
         if not hasattr(np, old):
@@ -86,6 +93,8 @@ def import_recbole() -> dict[str, Any]:
     from recbole.model.sequential_recommender import SASRec
     from recbole.trainer import Trainer
     from recbole.utils import init_logger, init_seed
+
+    torch.autograd.set_detect_anomaly(False)
     return {"Config": Config, "create_dataset": create_dataset, "data_preparation": data_preparation,
             "SASRec": SASRec, "Trainer": Trainer, "init_logger": init_logger, "init_seed": init_seed}
 
@@ -336,7 +345,7 @@ def recbole_final(trainer: Any, split: RecBoleSplit, full: Any, ks: list[int]) -
 
 def run_recbole(variant: str, cfg: Any, atomic_root: Path, name: str, full: Any, folder: Path, seed: int,
                 max_epochs: int | None, train: bool = True, device: str = "cpu",
-                max_seconds: float | None = None) -> dict[str, Any] | None:
+                max_seconds: float | None = None, anomaly_detection: bool = False) -> dict[str, Any] | None:
     """Train (or continue) one RecBole variant in `folder`; returns and saves its result.
 
     Without `train`, or when its clock passes `max_seconds` first, an unfinished run is only evaluated
@@ -365,6 +374,7 @@ def run_recbole(variant: str, cfg: Any, atomic_root: Path, name: str, full: Any,
         print(f"[{variant}] RecBole's split equals the prepared one for all {len(full.users)} users "
               f"(max length {max_len})", flush=True)
         rb = import_recbole()
+        torch.autograd.set_detect_anomaly(anomaly_detection)  # RecBole as shipped: on (import_recbole)
         model = rb["SASRec"](split.config, split.train.dataset).to(split.config["device"])
         trainer = peer_trainer_class(rb["Trainer"])(split.config, model)
         trainer.setup_peer(state_path, seed, max_seconds)
@@ -383,7 +393,7 @@ def run_recbole(variant: str, cfg: Any, atomic_root: Path, name: str, full: Any,
                       "unfinished (run the command again to continue)", flush=True)
         result = {"variant": variant, "settings": {k: v for k, v in split.config.final_config_dict.items()
                                                    if k in RECORDED_SETTINGS},
-                  "curve": trainer.curve, "best_epoch": trainer.best_epoch,
+                  "anomaly_detection": anomaly_detection, "curve": trainer.curve, "best_epoch": trainer.best_epoch,
                   "epochs_run": len(trainer.curve), "finished": bool(finished),
                   "seconds_to_best": next(c["seconds"] for c in trainer.curve if c["epoch"] == trainer.best_epoch),
                   "seconds_total": trainer.clock,
@@ -540,6 +550,9 @@ def main() -> None:
                              "(unfinished, resumable; default: no budget)")
     parser.add_argument("--peers-only", action="store_true",
                         help="train the RecBole variants only (no backbone, no table): for running them beside it")
+    parser.add_argument("--anomaly-detection", action="store_true",
+                        help="RecBole as shipped: autograd anomaly detection on (its sine.py turns it on at import; "
+                             "the runs before 2026-12-06 had it); default off")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where both tools train (default cpu)")
     parser.add_argument("--no-train", action="store_true",
                         help="train nothing: report finished runs, and unfinished RecBole runs from their best epoch so far")
@@ -576,7 +589,7 @@ def main() -> None:
     for variant in variants:
         result = run_recbole(variant, cfg, atomic, name, full, (folder / f"recbole-{variant}").resolve(),
                              seed, args.max_epochs, train=not args.no_train, device=args.device,
-                             max_seconds=args.max_seconds)
+                             max_seconds=args.max_seconds, anomaly_detection=args.anomaly_detection)
         if result is None:
             print(f"RecBole {variant}: not started (--no-train)", flush=True)
             continue

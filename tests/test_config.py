@@ -155,3 +155,29 @@ def test_an_alignments_identity_holds_the_pretraining_loss_its_ce_reuses():
 
     assert config_hash(align("pretrain", "full")) != config_hash(align("pretrain", "sampled"))
     assert config_hash(align("full", "full")) == config_hash(align("full", "sampled"))  # the full CE ignores it
+
+
+EP = ["moe.enabled=true", "moe.ep_size=2", "moe.num_experts=4"]
+
+
+@pytest.mark.parametrize("settings, message, fix", [
+    (["model.sparse_item_table=true", "model.use_id_embedding=false", "data.modalities=[text]"],
+     "model.sparse_item_table needs model.use_id_embedding", ["model.use_id_embedding=true"]),
+    (["model.sparse_item_table=true", "runtime.engine=deepspeed"],
+     "model.sparse_item_table: runtime.engine=deepspeed reduces dense gradients only", ["runtime.engine=plain"]),
+    ([*EP, "moe.num_experts=3"], "moe.num_experts (3) must be divisible by moe.ep_size (2)", ["moe.num_experts=4"]),
+    ([*EP, "moe.backend=torch"], "moe.ep_size > 1 needs moe.backend: deepspeed", ["moe.backend=deepspeed"]),
+    ([*EP, "moe.drop_tokens=true"], "moe.drop_tokens: must be false with moe.ep_size > 1", ["moe.drop_tokens=false"]),
+    ([*EP, "runtime.engine=plain"], "moe.ep_size=2 (expert parallelism) needs runtime.engine=deepspeed",
+     ["runtime.engine=deepspeed"]),
+])
+def test_each_model_rule_names_its_fields_and_passes_once_fixed(settings, message, fix):
+    def problems(*overrides: str) -> list[str]:
+        try:
+            load_config(None, list(overrides))
+        except ConfigError as err:
+            return err.problems
+        return []
+
+    assert any(p.startswith(message) for p in problems(*settings))
+    assert not any(p.startswith(message) for p in problems(*settings, *fix))

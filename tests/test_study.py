@@ -11,7 +11,7 @@ import pytest
 from rodpo_dist.study.records import load_records, ranks_path, save_records
 from rodpo_dist.study.report import (false_negative_table, final_weights_table, held_out_table, plot_training,
                                      results_table, target_check, write_results)
-from rodpo_dist.study.stats import comparisons, paired_bootstrap, per_user
+from rodpo_dist.study.stats import comparisons, interval, paired_bootstrap, per_user
 
 
 def test_per_user_metrics_from_ranks_by_hand():
@@ -54,6 +54,18 @@ def _rec(method, seed, ndcg5):
     return {"dataset": "Toy", "variant": "id+text", "method": method, "seed": seed, "valid": metrics, "test": metrics,
             "false_negatives": {}, "wall_time_s": 10.0, "command": "rodpo study --config x.yaml",
             "selection_metric": "ndcg@5", "hyperparameters": {"model": {}, "align": {}, "pool": {"k": 10}}}
+
+
+@pytest.mark.parametrize("change, lo, hi, lower_is_better, significant", [
+    (0.05, 0.01, 0.09, False, True), (0.05, -0.01, 0.11, False, False), (-0.05, -0.09, -0.01, False, False),
+    (-0.05, -0.09, -0.01, True, True), (-0.05, -0.11, 0.01, True, False), (0.05, 0.01, 0.09, True, False),
+])
+def test_a_change_is_significant_only_when_its_whole_interval_is_on_the_better_side(change, lo, hi,
+                                                                                  lower_is_better, significant):
+    entry = interval(change, lo, hi, lower_is_better)
+    assert entry["significant"] is significant
+    assert (entry["rel_change"], entry["ci_low"], entry["ci_high"]) == (change, lo, hi)
+    assert entry.get("lower_is_better", False) is lower_is_better
 
 
 def test_records_merge_by_dataset_variant_method_seed(tmp_path):

@@ -1,9 +1,9 @@
 """Length-aware batching: batches of similar length, so little of a padded batch is padding.
 
 Training: the samples are shuffled, cut into windows of `window` batches, each window is sorted by
-length and cut into batches, and the order of all batches is shuffled again; so every sample is
-in exactly one batch per epoch, batches stay random across epochs, and everything follows from the
-seed. Only the last window can leave a short batch, so there are ceil(n / batch_size) batches as
+length and cut into batches, and the batches of each window come out in random order; so every
+sample is in exactly one batch per epoch, batches stay random across epochs, and everything follows
+from the seed. Only the last window can leave a short batch, so there are ceil(n / batch_size) batches as
 with plain random batching (`window=1`). Scoring (evaluation, pool refresh): batches of the
 length-sorted samples, results put back in input order by the caller.
 """

@@ -55,6 +55,14 @@ def paired_bootstrap(method: list[np.ndarray], baseline: list[np.ndarray], *, sa
     return float(change), float(lo), float(hi)
 
 
+def interval(change: float, lo: float, hi: float, lower_is_better: bool = False) -> dict[str, Any]:
+    """An entry's relative change and 95% interval (rounded), significant when the whole interval is on
+    the better side of 0 (above it, or below it for a metric where lower is better)."""
+    out = {"rel_change": round(change, 3), "ci_low": round(lo, 3), "ci_high": round(hi, 3),
+           "significant": hi < 0 if lower_is_better else lo > 0}
+    return out | ({"lower_is_better": True} if lower_is_better else {})
+
+
 def comparisons(records: list[dict[str, Any]], out: Path, split: str = "test") -> list[dict[str, Any]]:
     """One entry per (dataset, variant, method, baseline, metric) over the seeds both have."""
     by_key = {(r["dataset"], r["variant"], r["method"], r["seed"]): r for r in records}
@@ -80,8 +88,7 @@ def comparisons(records: list[dict[str, Any]], out: Path, split: str = "test") -
                     change, lo, hi = paired_bootstrap([per_user(m, metric) for (_, m), _ in ranks],
                                                       [per_user(b, metric) for _, (_, b) in ranks])
                     entries.append({"dataset": dataset, "variant": variant, "method": method, "baseline": baseline,
-                                    "metric": metric, "split": split, "seeds": seeds, "rel_change": round(change, 3),
-                                    "ci_low": round(lo, 3), "ci_high": round(hi, 3), "significant": lo > 0})
+                                    "metric": metric, "split": split, "seeds": seeds} | interval(change, lo, hi))
                 dislikes = [(load_dislikes(out, by_key[(dataset, variant, method, s)], split),
                              load_dislikes(out, by_key[(dataset, variant, baseline, s)], split)) for s in seeds]
                 if dislikes and all(m is not None and b is not None for m, b in dislikes):
@@ -90,9 +97,8 @@ def comparisons(records: list[dict[str, Any]], out: Path, split: str = "test") -
                             raise ValueError(f"{dataset} {variant}: {method} and {baseline} dislike rates of other users")
                     change, lo, hi = paired_bootstrap([m for (_, m), _ in dislikes], [b for _, (_, b) in dislikes])
                     entries.append({"dataset": dataset, "variant": variant, "method": method, "baseline": baseline,
-                                    "metric": DISLIKE_METRIC, "split": split, "seeds": seeds,
-                                    "rel_change": round(change, 3), "ci_low": round(lo, 3), "ci_high": round(hi, 3),
-                                    "significant": hi < 0, "lower_is_better": True})
+                                    "metric": DISLIKE_METRIC, "split": split, "seeds": seeds}
+                                   | interval(change, lo, hi, lower_is_better=True))
                 entries += _last_weights(out, [by_key[(dataset, variant, method, s)] for s in seeds],
                                          [by_key[(dataset, variant, baseline, s)] for s in seeds], split)
     return entries
@@ -116,13 +122,11 @@ def _last_weights(out: Path, method: list[dict[str, Any]], baseline: list[dict[s
     if all(m is not None and b is not None and np.array_equal(m[0], b[0]) for m, b in ranks):
         change, lo, hi = paired_bootstrap([per_user(m[1], "ndcg@10") for m, _ in ranks],
                                           [per_user(b[1], "ndcg@10") for _, b in ranks])
-        found.append(entry | {"metric": "last:ndcg@10", "rel_change": round(change, 3), "ci_low": round(lo, 3),
-                              "ci_high": round(hi, 3), "significant": lo > 0})
+        found.append(entry | {"metric": "last:ndcg@10"} | interval(change, lo, hi))
     last_base = base["method"] != "backbone"
     rates = [(load_dislikes(out, m, split, last=True), load_dislikes(out, b, split, last=last_base))
              for m, b in zip(method, baseline)]
     if all(m is not None and b is not None and np.array_equal(m[0], b[0]) for m, b in rates):
         change, lo, hi = paired_bootstrap([m[1] for m, _ in rates], [b[1] for _, b in rates])
-        found.append(entry | {"metric": f"last:{DISLIKE_METRIC}", "rel_change": round(change, 3), "ci_low": round(lo, 3),
-                              "ci_high": round(hi, 3), "significant": hi < 0, "lower_is_better": True})
+        found.append(entry | {"metric": f"last:{DISLIKE_METRIC}"} | interval(change, lo, hi, lower_is_better=True))
     return found

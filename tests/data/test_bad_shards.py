@@ -21,6 +21,23 @@ def test_verify_passes_then_names_a_modified_shard(small_copy):
         verify(small_copy)
 
 
+def test_verify_checks_every_shard_group_and_every_listed_file(small_copy):
+    """Not only the split shards: the item shards and the files beside them (here the synthetic truth)."""
+    manifest = load_manifest(small_copy)
+    names = [s.name for s in manifest.shards["items"]] + list(manifest.files)
+    assert any(n.startswith("items-") for n in names) and "truth.npz" in names
+    for name in names:
+        path = small_copy / name
+        original = path.read_bytes()
+        data = bytearray(original)
+        data[len(data) // 2] ^= 1
+        path.write_bytes(bytes(data))
+        with pytest.raises(DataError, match=rf"{name}: checksum differs"):
+            verify(small_copy)
+        path.write_bytes(original)
+    verify(small_copy)
+
+
 def test_truncated_shard_names_the_shard(small_copy):
     shard = small_copy / "test-000002.tar"
     data = shard.read_bytes()

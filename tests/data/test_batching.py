@@ -37,6 +37,14 @@ def test_grouped_batches_cover_every_index_once_and_follow_the_seed():
     assert padding_share(lengths[b] for b in batches) < padding_share(lengths[b] for b in plain) / 3
 
 
+def test_the_batches_of_a_window_come_out_in_random_order():
+    """Sorted within a window, but not served shortest first: a window's 8 batches in random order."""
+    lengths = np.random.default_rng(0).integers(1, 50, size=16 * 8 * 4)
+    batches = length_grouped_batches(lengths, 16, 8, np.random.default_rng(5))
+    windows = [[int(lengths[b].max()) for b in batches[w:w + 8]] for w in range(0, len(batches), 8)]
+    assert not any(w == sorted(w) for w in windows)
+
+
 def test_sorted_batches_cover_every_index_in_length_order():
     lengths = np.array([5, 1, 3, 3, 9, 2])
     batches = sorted_batches(lengths, 4)

@@ -149,3 +149,12 @@ def test_numeric_and_iso_timestamps_order_alike(tmp_path):
     assert read_events(path, COLUMNS, 10).time.tolist() == [1704236400.0, 1704196800.0, 1704067200.0]
     data = to_interactions(read_events(path, COLUMNS, 10), 1, 1)
     assert [data.item_ids[i - 1] for i in data.sequence(1)] == ["z", "y", "x"]
+
+
+def test_interactions_at_the_same_time_keep_their_file_order(tmp_path):
+    """A basket bought at one timestamp stays in the order of the file (a stable sort on time)."""
+    path = tmp_path / "events.csv"
+    rows = [("u", "c", 5), ("u", "a", 5), ("u", "b", 5), ("u", "z", 1), ("u", "d", 9), ("u", "y", 5)]
+    path.write_text("user,item,timestamp\n" + "\n".join(f"{u},{i},{t}" for u, i, t in rows) + "\n")
+    data = read_interactions(path, 1, 1)
+    assert [data.item_ids[i - 1] for i in data.sequence(1)] == ["z", "c", "a", "b", "y", "d"]

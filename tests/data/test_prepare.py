@@ -146,3 +146,22 @@ def test_a_file_source_is_compared_by_the_file_it_names(tmp_path, data_config, m
     assert prepared_mismatch(data_config(source="interactions", path="other.csv", modalities=[], min_item_users=1,
                                          min_user_items=4), tmp_path / "prepared") == [
         "data.min_user_items: 4, prepared with 5", "data.path: 'other.csv', prepared with 'inter.csv'"]
+
+
+def test_a_dataset_fits_by_defaults_for_settings_it_predates_but_not_with_unprepared_modalities(small_copy,
+                                                                                               data_config):
+    from rodpo_dist.data.manifest import MANIFEST_FILE, load_manifest
+    from rodpo_dist.data.prepare import prepared_mismatch
+
+    base = data_config(prepared_dir=str(small_copy))
+    manifest = json.loads((small_copy / MANIFEST_FILE).read_text())
+    manifest["source"]["config"]["modalities"] = ["attr"]  # as if prepared with attributes only
+    del manifest["source"]["config"]["feature_dtype"]  # and before this setting existed
+    (small_copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert load_manifest(small_copy).source["config"]["modalities"] == ["attr"]
+    assert prepared_mismatch(data_config(modalities=["attr", "text"]), small_copy) == [
+        "data.modalities: text not prepared (prepared: ['attr'])"]
+    base = data_config(prepared_dir=str(small_copy), modalities=["attr"])
+    assert prepared_mismatch(base, small_copy) == []  # the setting at its default: the same dataset
+    assert prepared_mismatch(data_config(feature_dtype="float16", modalities=["attr"]), small_copy) == [
+        "data.feature_dtype: 'float16', prepared with 'float32'"]

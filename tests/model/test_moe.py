@@ -168,3 +168,17 @@ def test_optimizer_param_groups(backend):
     else:
         assert not moe_groups
     torch.optim.AdamW(groups, lr=1e-3)
+
+
+def test_training_and_evaluation_drop_at_their_own_capacity_factor():
+    """With token dropping, training routes at most `capacity_factor` x (tokens / experts) tokens per
+    expert, evaluation at most `eval_capacity_factor` x that: here 4 of 64 tokens per expert in
+    training (a dropped token's output is 0), and every token in evaluation."""
+    torch.manual_seed(0)
+    moe = SparseMoE(8, 16, _cfg(top_k=1, drop_tokens=True, capacity_factor=0.25, eval_capacity_factor=4.0,
+                                min_capacity=1))
+    tokens = torch.randn(64, 8)
+    assert expert_capacity(64, 4, 1, 0.25, 1) == 4
+    with torch.no_grad():
+        routed = {mode: int((moe.train(mode)(tokens)[0] != 0).any(1).sum()) for mode in (True, False)}
+    assert routed == {True: 16, False: 64}  # every expert full in training (4 x 4), nothing dropped in evaluation

@@ -499,3 +499,24 @@ def test_an_epoch_ending_on_a_validation_step_validates_once(dataset, backbone):
 
     align(_cfg(dataset, "al-evals", *ALIGN, f"init={backbone}", "align.strategy=random", "align.eval_every_steps=5"))
     assert [r["step"] for r in read_metrics(dataset / "al-evals" / "align-random", "valid")] == [0, 5, 10]
+
+
+def test_a_validation_sample_leaves_the_test_split_whole(dataset, backbone, tmp_path):
+    """`eval.valid_users` samples validation users only: the test metrics and ranks cover every user."""
+    import numpy as np
+
+    from rodpo_dist.data.dataset import load_dataset
+    from rodpo_dist.model import make_model
+    from rodpo_dist.model.weights import load_weights
+    from rodpo_dist.runtime import Runtime
+    from rodpo_dist.train.selection import evaluate_splits
+
+    cfg = _cfg(dataset, "valid-sample")
+    rt, data = Runtime(torch.device("cpu")), load_dataset(cfg.data.prepared_dir, cfg.data.modalities)
+    model = make_model(cfg, data, rt.device)
+    load_weights(backbone, model)
+    sampled = evaluate_splits(model, data, cfg, rt, ranks_to=tmp_path / "ranks.npz", users=20)
+    ranks = np.load(tmp_path / "ranks.npz")
+    assert len(ranks["valid_users"]) == 20 < len(data.valid.users)
+    assert sorted(ranks["test_users"].tolist()) == sorted(data.test.users.tolist())
+    assert sampled["test"] == evaluate_splits(model, data, cfg, rt, ("test",))["test"]
