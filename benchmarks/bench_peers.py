@@ -42,7 +42,9 @@ passes that much of its clock (marked unfinished; the same command continues it)
 `benchmarks/peers_device.sh` runs the three Amazon datasets this way on a GPU machine.
 
 Compatibility shims with the pinned numpy 2 and torch 2.13 (RecBole 1.2.1 was released for numpy 1
-and torch < 2.6) live here, in `import_recbole` and `PeerTrainer`, each with its reason.
+and torch < 2.6) live here, in `import_recbole` and `PeerTrainer`, each with its reason. RecBole
+trains with PyTorch's anomaly detection off (RecBole 1.2.1 turns it on at import: `import_recbole`);
+`--anomaly-detection` keeps it on, as in the runs made before 2026-12-06.
 """
 
 from __future__ import annotations
