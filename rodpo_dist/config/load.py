@@ -159,6 +159,11 @@ CONFIG_FILE = "config.yaml"
 """The resolved config a run writes into its folder and into each of its checkpoints."""
 
 
+def saved_config_file(path: str | Path) -> Path | None:
+    """The config a run saved with checkpoint `path` (in it, or in its run folder above it), if any."""
+    return next((p / CONFIG_FILE for p in (Path(path), Path(path).parent) if (p / CONFIG_FILE).is_file()), None)
+
+
 def saved_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """The resolved config of the run that wrote `path` (a checkpoint or its run folder), overrides applied.
 
@@ -166,8 +171,7 @@ def saved_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
     the folder the run was launched in (found from `runtime.run_dir` above the checkpoint) where they
     exist there, and the training inputs (data files, the `init` checkpoint) need not exist any more.
     """
-    path = Path(path)
-    saved = next((p / CONFIG_FILE for p in (path, path.parent) if (p / CONFIG_FILE).is_file()), None)
+    saved = saved_config_file(path)
     if saved is None:
         raise FileNotFoundError(f"{path}: no {CONFIG_FILE} in it or in its parent (not a checkpoint or run folder "
                                 f"of this trainer?); pass --config")

@@ -14,13 +14,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from rodpo_dist.config import CONFIG_FILE, Config, differing_keys, read_yaml
+from rodpo_dist.config import Config, differing_keys, read_yaml, saved_config_file
 from rodpo_dist.data import SequenceBatch, TrainingContexts, load_split
 from rodpo_dist.data.batching import length_grouped_batches
 from rodpo_dist.model import make_model
@@ -66,8 +65,7 @@ def load_init(cfg: Config, model: torch.nn.Module) -> None:
     try:
         load_weights(cfg.init, model)
     except CheckpointError as err:
-        saved = next((p / CONFIG_FILE for p in (Path(cfg.init), Path(cfg.init).parent) if (p / CONFIG_FILE).is_file()),
-                     None)
+        saved = saved_config_file(cfg.init)
         if saved is None:
             raise
         trained = read_yaml(saved)
