@@ -25,8 +25,11 @@ class RunDirError(ValueError):
 
 
 def run_folder(cfg: Config) -> Path:
-    """`<runtime.run_dir>/<runtime.run_name>`; the name defaults to `pretrain` or `align-<strategy>`."""
-    name = cfg.runtime.run_name or ("pretrain" if cfg.stage == "pretrain" else f"align-{cfg.align.strategy}")
+    """`<runtime.run_dir>/<runtime.run_name>`; the name defaults to `pretrain`, `align-<strategy>`, or
+    `align-<strategy>-<rejected>` when observed rejections take the rejected slots (`align.rejected`)."""
+    a = cfg.align
+    rejected = f"-{a.rejected}" if a.rejected != "pool" and a.strategy != "ce" else ""
+    name = cfg.runtime.run_name or ("pretrain" if cfg.stage == "pretrain" else f"align-{a.strategy}{rejected}")
     return Path(cfg.runtime.run_dir) / name
 
 
