@@ -145,7 +145,11 @@ class Table:
         elif self.format == "jsonl":
             with self.open() as f:
                 while lines := list(islice(f, self.chunk_rows)):
-                    table = pa_json.read_json(io.BytesIO(b"".join(lines)))
+                    try:
+                        table = pa_json.read_json(io.BytesIO(b"".join(lines)))
+                    except pa.ArrowInvalid:  # e.g. ids that are numbers in some records, strings in others
+                        yield _json_records(lines, columns)
+                        continue
                     yield {c: (table.column(c).combine_chunks() if c in table.column_names
                                else pa.nulls(table.num_rows, pa.string())) for c in columns}
         else:
@@ -168,6 +172,26 @@ class Table:
             head = f.read(_PEEK_BYTES)
         per_line = len(head) / max(head.count(b"\n"), 1)
         return int(min(max(per_line * self.chunk_rows, 1 << 16), (1 << 31) - 1))
+
+
+def _json_records(lines: list[bytes], columns: list[str]) -> dict[str, pa.Array]:
+    """JSON lines pyarrow cannot read as one table (a column whose values change type), record by
+    record: scalars as strings (as the text formats give them to the parsers), lists as lists."""
+    records = []
+    for line in lines:
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise pa.ArrowInvalid(f"not JSON: {err.msg} in {line.strip()[:80]!r}") from None
+    out = {}
+    for column in columns:
+        values = [r.get(column) if isinstance(r, dict) else None for r in records]
+        if any(isinstance(v, list) for v in values):
+            out[column] = pa.array([v if isinstance(v, list) or v is None else [v] for v in values])
+        else:
+            out[column] = pa.array([None if v is None else str(v) for v in values], pa.string())
+    return out
 
 
 def _strings(chunk: Chunk, column: str) -> pa.StringArray:

@@ -158,3 +158,19 @@ def test_interactions_at_the_same_time_keep_their_file_order(tmp_path):
     path.write_text("user,item,timestamp\n" + "\n".join(f"{u},{i},{t}" for u, i, t in rows) + "\n")
     data = read_interactions(path, 1, 1)
     assert [data.item_ids[i - 1] for i in data.sequence(1)] == ["z", "c", "a", "b", "y", "d"]
+
+
+def test_json_ids_that_are_numbers_in_some_records_and_strings_in_others(tmp_path):
+    """pyarrow reads a JSON column as one type; ids exported as 3 here and "b" there are read record
+    by record instead, as the strings the other formats give."""
+    mixed, text = tmp_path / "mixed.jsonl", tmp_path / "text.jsonl"
+    rows = [(u, i, t) for t, (u, i) in enumerate([("a", 1), ("b", "x"), (3, 2), (3, "x"), ("a", "x"), ("b", 1),
+                                                  (3, 1), ("a", 2), ("b", 2)])]
+    mixed.write_text("\n".join(json.dumps({"user": u, "item": i, "timestamp": t}) for u, i, t in rows) + "\n")
+    text.write_text("\n".join(json.dumps({"user": str(u), "item": str(i), "timestamp": t}) for u, i, t in rows))
+    a, b = read_interactions(mixed, 1, 1, chunk_rows=100), read_interactions(text, 1, 1, chunk_rows=100)
+    assert a.user_ids == b.user_ids == ["3", "a", "b"] and a.item_ids == b.item_ids == ["1", "2", "x"]
+    assert all(a.sequence(u).tolist() == b.sequence(u).tolist() for u in (1, 2, 3))
+    mixed.write_text(mixed.read_text() + '{"user": 4, "item": \n')  # in the second chunk of 5, past the header's
+    with pytest.raises(DataError, match=r"mixed\.jsonl: unreadable jsonl data, in or after row 6 \(not JSON"):
+        read_interactions(mixed, 1, 1, chunk_rows=5)
