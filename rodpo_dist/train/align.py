@@ -90,7 +90,8 @@ class Alignment(Recipe):
             raise ValueError("align needs a pretrained checkpoint: pass --init PATH (or set `init:` in the config)")
         super().__init__(policy_config(cfg), cfg.align)
         self.cfg, a = cfg, cfg.align
-        self.label = a.strategy
+        self.rejected = a.rejected if a.strategy != "ce" else "pool"
+        self.label = a.strategy if self.rejected == "pool" else f"{a.strategy}-{self.rejected}"  # as its folder
         uses_ce = a.strategy == "ce" or a.ce_weight > 0
         self.stat_names = ("loss", "logp_chosen", *(("ce",) if uses_ce else ()),
                            *(DPO_STATS if a.strategy != "ce" else ()))
@@ -117,7 +118,6 @@ class Alignment(Recipe):
         # negatives are drawn per rank (each rank has its own contexts): one stream per rank, saved per rank
         self.sampler = torch.Generator().manual_seed(cfg.runtime.seed + 7919 * self.rt.rank)
         self.false_negatives = FalseNegativeCounter()
-        self.rejected = a.rejected if a.strategy != "ce" else "pool"
         self.observed_counts = torch.zeros(2, dtype=torch.float64)  # (observed negatives drawn, all negatives)
         if self.rejected != "pool":
             self._index_rejections()

@@ -450,6 +450,7 @@ def test_alignment_draws_observed_rejections_from_the_training_ones_only(tmp_pat
     recipe = Alignment(load_config(None, [*args, *ALIGN, f"init={tmp_path}/runs/pretrain/best",
                                           "align.strategy=rodpo", "align.rejected=observed"]))
     assert recipe.run_dir.name == "align-rodpo-observed"  # beside, not in, a plain rodpo run's folder
+    assert recipe.label == "rodpo-observed"  # its report's rows
     rej = recipe.data.rejections
     pairs = {h: set(zip(rej.users[rej.heldout == h].tolist(), rej.items[rej.heldout == h].tolist()))
              for h in (False, True)}
